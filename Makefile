@@ -1,0 +1,34 @@
+# mechbench — the two commands the README gives: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Model weights never come from a hub at run time on this project's machines.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+# torch is installed first, pinned, so that no later resolution can pull a multi-GB CUDA build;
+# uv then installs the rest (several times faster than pip on 2 cores).
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --no-compile torch==2.13.0 uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]"
+	$(BIN)/mechbench models install smollm2-135m minilm-l6
+	touch $@
+
+demo: setup
+	$(BIN)/mechbench analyze --config configs/default.yaml
+
+test: setup
+	$(BIN)/ruff check mechbench tests benchmarks
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python benchmarks/bench_sinks.py
+
+clean:
+	rm -rf $(VENV) mechbench-results

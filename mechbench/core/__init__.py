@@ -1,0 +1,1 @@
+"""Hooked-model core: HookedModel, Recorder, datasets/batches and tidy-row helpers."""

@@ -1,0 +1,195 @@
+"""HookedModel: one interface to per-head activations of any model mechbench can load.
+
+It wraps a TransformerLens ``TransformerBridge`` (TL 4.x) and adds what analyses need and the
+bridge leaves implicit: architecture facts (layers, query heads, KV heads, RoPE, causal or
+bidirectional, cross-attention), a single site vocabulary (TL hook names), head-major per-head
+tensors with GQA KV heads repeated to query heads (head index = query-head index, as in the
+papers' reference code), tokenisation with explicit BOS handling, and a weight fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechbench.core.dataset import Batch, TokenDataset
+from mechbench.errors import CapabilityError, DatasetError
+
+#: Short site names -> TransformerLens hook suffix inside ``blocks.{layer}``.
+SITES: dict[str, str] = {
+    "pattern": "attn.hook_pattern",
+    "attn_scores": "attn.hook_attn_scores",
+    "q": "attn.hook_q",
+    "k": "attn.hook_k",
+    "v": "attn.hook_v",
+    "z": "attn.hook_z",
+    "rot_q": "attn.hook_rot_q",
+    "rot_k": "attn.hook_rot_k",
+    "resid_pre": "hook_resid_pre",
+    "resid_mid": "hook_resid_mid",
+    "resid_post": "hook_resid_post",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+}
+#: Sites whose tensors are per head ``[batch, pos, head, d_head]`` in TL and are returned head-major.
+PER_HEAD_SITES = ("q", "k", "v", "z", "rot_q", "rot_k")
+#: Per-head sites that carry KV heads (repeated to query heads under GQA).
+KV_SITES = ("k", "v", "rot_k")
+
+Hook = Callable[[Tensor, Any], Tensor | None]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Facts about a model that decide which analyses apply and how."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    n_ctx: int
+    positional: str
+    causal: bool
+    has_cross_attention: bool
+
+    @property
+    def uses_rope(self) -> bool:
+        return self.positional == "rotary"
+
+
+class HookedModel:
+    """A loaded model with uniform per-head access. Build it with :func:`mechbench.load_model`."""
+
+    def __init__(self, bridge: Any, name: str, architecture: Architecture, tokenizer: Any | None = None,
+                 source: str | None = None) -> None:
+        self.bridge = bridge
+        self.name = name
+        self.architecture = architecture
+        self.tokenizer = tokenizer
+        self.source = source or name
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ facts
+    def __repr__(self) -> str:
+        a = self.architecture
+        return (f"HookedModel({self.name!r}: {a.n_layers} layers x {a.n_heads} heads, {a.n_kv_heads} KV heads, "
+                f"{a.positional} positions, {'causal' if a.causal else 'bidirectional'})")
+
+    @property
+    def n_layers(self) -> int:
+        return self.architecture.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.architecture.n_heads
+
+    @property
+    def causal(self) -> bool:
+        return self.architecture.causal
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+    def fingerprint(self) -> str:
+        """SHA-256 over every parameter (name, shape, bytes): identifies the exact weights of a run."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for key, tensor in sorted(self.bridge.state_dict().items()):
+                digest.update(key.encode())
+                digest.update(str(tuple(tensor.shape)).encode())
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ sites
+    def hook_name(self, site: str, layer: int) -> str:
+        """The TransformerLens hook name of ``site`` at ``layer`` (e.g. ``blocks.3.attn.hook_pattern``)."""
+        if site not in SITES:
+            raise CapabilityError(f"unknown site {site!r}; one of: {', '.join(SITES)}")
+        if site in ("rot_q", "rot_k") and not self.architecture.uses_rope:
+            raise CapabilityError(f"site {site!r} needs a RoPE model; {self.name} uses "
+                                  f"{self.architecture.positional} positions (use 'q'/'k')")
+        if not 0 <= layer < self.n_layers:
+            raise CapabilityError(f"layer {layer} is out of range for {self.name} (0..{self.n_layers - 1})")
+        return f"blocks.{layer}.{SITES[site]}"
+
+    def head_major(self, site: str, activation: Tensor) -> Tensor:
+        """Per-head tensors as ``[batch, head, pos, d_head]`` with KV heads repeated to query heads.
+
+        The pattern and attention scores are already ``[batch, head, query, key]`` and pass through.
+        """
+        if site not in PER_HEAD_SITES:
+            return activation
+        per_head = activation.transpose(1, 2)
+        if site in KV_SITES and per_head.shape[1] != self.n_heads:
+            per_head = per_head.repeat_interleave(self.n_heads // per_head.shape[1], dim=1)
+        return per_head
+
+    def run_with_hooks(self, batch: Batch, hooks: Sequence[tuple[str, Hook]]) -> Tensor:
+        """One forward pass over a batch with ``(hook name, fn)`` forward hooks attached; returns logits."""
+        kwargs: dict[str, Any] = {}
+        if not self.causal and batch.is_ragged:
+            kwargs["attention_mask"] = batch.attention_mask.to(self.device)
+        with torch.no_grad():
+            return self.bridge.run_with_hooks(batch.tokens.to(self.device), fwd_hooks=list(hooks), **kwargs)
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, text: str, prepend_bos: bool | None = None) -> tuple[Tensor, list[str]]:
+        """Token ids of ``text`` and their text pieces.
+
+        ``prepend_bos=None`` keeps the tokenizer's own behaviour (what the papers' HF code does);
+        ``True`` makes sure the sequence starts with BOS; ``False`` adds no special tokens.
+        """
+        if self.tokenizer is None:
+            raise CapabilityError(f"model {self.name} has no tokenizer; pass token-id sequences instead of text")
+        ids: list[int] = self.tokenizer(text, add_special_tokens=prepend_bos is not False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if prepend_bos and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return torch.tensor(ids, dtype=torch.long), [self.tokenizer.decode([i]) for i in ids]
+
+    def tokenize_dataset(self, items: Sequence[str] | Sequence[Sequence[int]], max_tokens: int | None = None,
+                         prepend_bos: bool | None = None,
+                         example_ids: Sequence[str] | None = None) -> TokenDataset:
+        """Tokenise texts (or take token-id sequences), truncate to ``max_tokens``, check the context window."""
+        if len(items) == 0:
+            raise DatasetError("the dataset is empty; give at least one text")
+        ids = list(example_ids) if example_ids is not None else [f"ex{i}" for i in range(len(items))]
+        if len(ids) != len(items):
+            raise DatasetError(f"{len(ids)} example ids for {len(items)} texts; give one id per text")
+        limit = self.architecture.n_ctx
+        tokens, texts = [], []
+        for example_id, item in zip(ids, items, strict=True):
+            if isinstance(item, str):
+                if not item.strip():
+                    raise DatasetError(f"example {example_id!r} is empty; remove it or give it text")
+                token_ids, pieces = self.tokenize(item, prepend_bos)
+            else:
+                token_ids = torch.as_tensor(list(item), dtype=torch.long)
+                pieces = [str(int(i)) for i in token_ids]
+                if token_ids.numel() == 0:
+                    raise DatasetError(f"example {example_id!r} has no tokens")
+            if max_tokens is not None:
+                token_ids, pieces = token_ids[:max_tokens], pieces[:max_tokens]
+            if token_ids.numel() > limit:
+                raise DatasetError(f"example {example_id!r} has {token_ids.numel()} tokens, longer than the "
+                                   f"context window of {self.name} ({limit}); lower max_tokens or shorten it")
+            tokens.append(token_ids)
+            texts.append(pieces)
+        return TokenDataset(tokens=tokens, example_ids=ids, token_texts=texts)
+
+    @property
+    def pad_id(self) -> int:
+        """Token id used for right padding (never seen by a real query; see :class:`Batch`)."""
+        if self.tokenizer is not None:
+            for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+                if candidate is not None:
+                    return int(candidate)
+        return 0

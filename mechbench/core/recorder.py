@@ -1,0 +1,123 @@
+"""Recorder: run a dataset through a HookedModel and reduce each layer's tensor as soon as it exists.
+
+An analysis asks for sites (``"pattern"``, ``"rot_q"``, ...) and gives a reducer per site; the
+Recorder attaches hooks for exactly those sites, calls ``reducer(layer, tensor, batch)`` inside
+the hook, and returns nothing to the model, so the tensor is freed when the layer finishes.
+Peak memory is therefore one layer's activations, not the ``layers x heads x L x L`` cache.
+
+For short inputs :meth:`Recorder.cache` returns the full tensors, guarded by a memory estimate.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mechbench.core.dataset import Batch, TokenDataset, iter_batches
+from mechbench.core.hooked import HookedModel
+from mechbench.errors import CapabilityError
+
+__all__ = ["Batch", "Recorder", "Reducer"]
+
+#: Default ceiling for :meth:`Recorder.cache` (bytes); above it the user must reduce or opt in.
+DEFAULT_CACHE_LIMIT = 4 * 1024**3
+
+
+class Reducer(Protocol):
+    """Receives one layer's head-major tensor for one batch and keeps only what its metric needs."""
+
+    def __call__(self, layer: int, activation: Tensor, batch: Batch) -> None: ...
+
+
+class Recorder:
+    """Streams batches of a dataset through a model, handing per-layer tensors to reducers."""
+
+    def __init__(self, model: HookedModel, batch_size: int = 8, progress: bool = True) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def _hooks(self, reducers: Mapping[str, Reducer], layers: Sequence[int],
+               current: list[Batch]) -> list[tuple[str, Any]]:
+        hooks = []
+        for site, reducer in reducers.items():
+            for layer in layers:
+                def hook(activation: Tensor, hook: Any, site: str = site, layer: int = layer,
+                         reducer: Reducer = reducer) -> None:
+                    reducer(layer, self.model.head_major(site, activation.detach()), current[0])
+                hooks.append((self.model.hook_name(site, layer), hook))
+        return hooks
+
+    def run(self, dataset: TokenDataset, reducers: Mapping[str, Reducer], layers: Sequence[int] | None = None,
+            description: str = "recording") -> None:
+        """Run every example once; each reducer sees every requested layer of every batch."""
+        if not reducers:
+            raise CapabilityError("the Recorder needs at least one (site, reducer) pair")
+        layers = list(range(self.model.n_layers)) if layers is None else list(layers)
+        current: list[Batch] = []
+        hooks = self._hooks(reducers, layers, current)
+        n_batches = -(-len(dataset) // self.batch_size)
+        batches = iter_batches(dataset, self.batch_size, pad_id=self.model.pad_id)
+        try:
+            for batch in tqdm(batches, total=n_batches, desc=description, disable=not self.progress,
+                              unit="batch", leave=False):
+                current[:] = [batch]
+                self.model.run_with_hooks(batch, hooks)
+        finally:
+            self.model.bridge.reset_hooks()
+            gc.collect()
+
+    def cache(self, dataset: TokenDataset, sites: Sequence[str], layers: Sequence[int] | None = None,
+              max_bytes: int = DEFAULT_CACHE_LIMIT) -> dict[str, Tensor]:
+        """Full head-major tensors ``{hook name: [example, ...]}`` for short inputs (right-padded, pads zeroed).
+
+        Refuses, before running anything, when the estimated size exceeds ``max_bytes``: use a
+        reducer instead, or raise ``max_bytes`` knowingly.
+        """
+        layers = list(range(self.model.n_layers)) if layers is None else list(layers)
+        estimate = self.estimate_bytes(dataset, sites, layers)
+        if estimate > max_bytes:
+            raise CapabilityError(f"a full cache of {sites} for {len(dataset)} examples would take about "
+                                  f"{estimate / 1024**3:.1f} GiB (limit {max_bytes / 1024**3:.1f} GiB); record with "
+                                  "a reducer, use fewer/shorter examples, or pass max_bytes")
+        length = dataset.max_length
+        store: dict[str, Tensor] = {}
+
+        def keep(site: str) -> Reducer:
+            def reducer(layer: int, activation: Tensor, batch: Batch) -> None:
+                name = self.model.hook_name(site, layer)
+                if name not in store:
+                    shape = (len(dataset), *activation.shape[1:])
+                    if site in ("pattern", "attn_scores"):
+                        shape = (len(dataset), activation.shape[1], length, length)
+                    elif site in ("q", "k", "v", "z", "rot_q", "rot_k"):
+                        shape = (len(dataset), activation.shape[1], length, activation.shape[-1])
+                    else:
+                        shape = (len(dataset), length, activation.shape[-1])
+                    store[name] = torch.zeros(shape, dtype=activation.dtype)
+                for row, (index, n) in enumerate(zip(batch.indices.tolist(), batch.lengths.tolist(), strict=True)):
+                    if site in ("pattern", "attn_scores"):
+                        store[name][index, :, :n, :n] = activation[row, :, :n, :n].cpu()
+                    elif site in ("q", "k", "v", "z", "rot_q", "rot_k"):
+                        store[name][index, :, :n] = activation[row, :, :n].cpu()
+                    else:
+                        store[name][index, :n] = activation[row, :n].cpu()
+            return reducer
+
+        self.run(dataset, {site: keep(site) for site in sites}, layers, description="caching")
+        return store
+
+    def estimate_bytes(self, dataset: TokenDataset, sites: Sequence[str], layers: Sequence[int]) -> int:
+        """Size of a full float32 cache of ``sites`` over ``layers`` for ``dataset`` (upper bound)."""
+        arch = self.model.architecture
+        n, length = len(dataset), dataset.max_length
+        per_layer = {"pattern": arch.n_heads * length * length, "attn_scores": arch.n_heads * length * length}
+        per_head_site = arch.n_heads * length * arch.d_head
+        elements = sum(per_layer.get(site, per_head_site if site in ("q", "k", "v", "z", "rot_q", "rot_k")
+                                     else length * arch.d_model) for site in sites)
+        return 4 * n * len(layers) * elements

@@ -1,0 +1,1 @@
+"""Data files shipped with mechbench (built-in texts, toy-model weights)."""

@@ -1,0 +1,35 @@
+"""One exception family for everything a user can get wrong.
+
+Every error mechbench raises on bad input is a :class:`MechbenchError` whose message is one line
+that names the problem and the fix. The CLI prints that line (no traceback) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class MechbenchError(Exception):
+    """Base class: a user-facing, one-line, actionable error."""
+
+
+class UnknownModelError(MechbenchError):
+    """The model spec is neither a registry name, a local directory nor a loadable hub name."""
+
+
+class ModelPackMissingError(MechbenchError):
+    """A registry model whose weight package is not installed."""
+
+
+class ConfigError(MechbenchError):
+    """A config file that does not parse or does not validate."""
+
+
+class DatasetError(MechbenchError):
+    """An empty or unusable dataset (no texts, texts too long for the model)."""
+
+
+class StoreError(MechbenchError):
+    """A result store that cannot be written or read (permissions, corrupt file, newer format)."""
+
+
+class CapabilityError(MechbenchError):
+    """An analysis asked a model for something it does not have (e.g. RoPE q/k on a learned-position model)."""

@@ -1,0 +1,1 @@
+"""Model zoo: registry of offline-installable models, loaders, and toy models with known heads."""

@@ -1,0 +1,86 @@
+"""``load_model(spec)``: registry name, local Hugging Face directory, or Hugging Face Hub name."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechbench.core.hooked import Architecture, HookedModel
+from mechbench.errors import MechbenchError, UnknownModelError
+from mechbench.models.registry import REGISTRY, hf_dir_for
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+def unknown_model_error(spec: str) -> UnknownModelError:
+    """The one-line error for a name that is neither registered, a directory nor a hub id."""
+    close = difflib.get_close_matches(spec, list(REGISTRY), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UnknownModelError(f"unknown model {spec!r}{hint}; known models: {', '.join(REGISTRY)}; or give a local "
+                             "Hugging Face directory or a Hub name like 'org/model' (see `mechbench models`)")
+
+
+def architecture_of(bridge: Any) -> Architecture:
+    """Read the architecture facts mechbench relies on from a TransformerBridge config."""
+    cfg = bridge.cfg
+    n_heads = int(cfg.n_heads)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    architecture = str(getattr(cfg, "original_architecture", "") or "")
+    bidirectional = any(tag in architecture for tag in ("Bert", "Roberta", "Encoder", "MaskedLM"))
+    return Architecture(
+        n_layers=int(cfg.n_layers), n_heads=n_heads, n_kv_heads=int(n_kv), d_head=int(cfg.d_head),
+        d_model=int(cfg.d_model), n_ctx=int(cfg.n_ctx), positional=str(cfg.positional_embedding_type),
+        causal=not bidirectional, has_cross_attention=False)
+
+
+def wrap_bridge(bridge: Any, name: str, source: str | None = None) -> HookedModel:
+    """A HookedModel around an already-built TransformerBridge."""
+    bridge.eval()
+    return HookedModel(bridge, name, architecture_of(bridge), tokenizer=getattr(bridge, "tokenizer", None),
+                       source=source)
+
+
+def _boot(path_or_name: str, device: str, dtype: torch.dtype) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(path_or_name, device=device, dtype=dtype)
+
+
+def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> HookedModel:
+    """Load a model by registry name (``smollm2-135m``, ``gemma3-270m``, ``minilm-l6``, ``toy-planted``,
+    ``toy-induction``), local Hugging Face directory, or Hugging Face Hub name (``org/model``).
+
+    Raises UnknownModelError / ModelPackMissingError with the fix in one line.
+    """
+    if dtype not in DTYPES:
+        raise MechbenchError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPES)}")
+    torch_dtype = DTYPES[dtype]
+    if spec in REGISTRY:
+        entry = REGISTRY[spec]
+        if entry.kind == "toy":
+            from mechbench.models import toy
+
+            return toy.load_toy(spec, device=device, dtype=torch_dtype)
+        return wrap_bridge(_boot(str(hf_dir_for(entry)), device, torch_dtype), spec, source=entry.source)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnknownModelError(f"directory {spec!r} is not a Hugging Face model directory (no config.json); "
+                                    "save the model with save_pretrained() or give a registry name")
+        return wrap_bridge(_boot(str(path), device, torch_dtype), spec, source=str(path.resolve()))
+    if "/" in spec and not path.exists() and not spec.startswith((".", "/", "~")):
+        try:
+            bridge = _boot(spec, device, torch_dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            reason = "offline (HF_HUB_OFFLINE=1) and not in the local Hugging Face cache" if offline else (
+                str(exc).splitlines()[0][:200])
+            raise UnknownModelError(f"could not load {spec!r} from the Hugging Face Hub: {reason}; known models: "
+                                    f"{', '.join(REGISTRY)}, or give a local directory") from None
+        return wrap_bridge(bridge, spec, source=spec)
+    raise unknown_model_error(spec)

@@ -1,0 +1,141 @@
+"""Orchestration behind ``mechbench analyze`` and ``show``: plan, validate, run, store, summarise.
+
+Everything that can be checked without a model (config, analysis names, store, run id) is checked
+in :func:`plan_run`, before the (slow) model load, so bad input fails in a second with one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechbench.analyses import ANALYSES, unknown_analysis_message
+from mechbench.config import RunConfig, StrictModel, load_config, parse_config
+from mechbench.errors import ConfigError, StoreError
+from mechbench.report import top_heads, write_report
+from mechbench.store.result_store import ResultStore, check_name, new_run_id
+
+SHARD = "part-0"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run: config, chosen analyses with their options, store and run id."""
+
+    config: RunConfig
+    analyses: dict[str, StrictModel]
+    store: ResultStore
+    run_id: str
+    resuming: bool
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    store_root: Path
+    analyses: list[str]
+    n_rows: int
+    summary: list[str] = field(default_factory=list)
+    report_path: Path | None = None
+
+
+def plan_run(config_path: Path | None, analyses: list[str], model: str | None = None, store: str | None = None,
+             run_id: str | None = None, resume: str | None = None, seed: int | None = None) -> RunPlan:
+    """Validate the request and decide exactly what will run."""
+    if config_path is not None:
+        run_config, blocks = load_config(config_path)
+    else:
+        run_config, blocks = parse_config({"analyses": {"sinks": {}}}, "(built-in defaults)")
+    overrides: dict[str, Any] = {k: v for k, v in (("model", model), ("store", store), ("seed", seed)) if v is not None}
+    if overrides:
+        run_config = run_config.model_copy(update=overrides)
+    for name in analyses:
+        if name not in ANALYSES:
+            raise ConfigError(unknown_analysis_message(name))
+    chosen = {name: blocks.get(name) or ANALYSES[name].config_model() for name in analyses} if analyses else blocks
+    if not chosen:
+        raise ConfigError("nothing to run: name analyses on the command line or under `analyses:` in the config "
+                          f"(available: {', '.join(sorted(ANALYSES))})")
+    if run_id and resume:
+        raise ConfigError("give either --run-id or --resume, not both")
+    result_store = ResultStore(run_config.store)
+    if resume:
+        manifest = result_store.manifest(resume)
+        if manifest.get("model") != run_config.model:
+            raise ConfigError(f"run {resume!r} was made with model {manifest.get('model')!r}, not "
+                              f"{run_config.model!r}; resume it with the same --model/config")
+    chosen_id = check_name("run id", resume or run_id or new_run_id())
+    if run_id and (result_store.root / "runs" / f"{run_id}.json").exists():
+        raise StoreError(f"run {run_id!r} already exists in {result_store.root}; choose another --run-id or "
+                         f"--resume {run_id}")
+    return RunPlan(run_config, chosen, result_store, chosen_id, resuming=bool(resume))
+
+
+def run_plan(plan: RunPlan, progress: bool = True, write_report_file: bool = True) -> RunResult:
+    """Load the model, run each analysis not yet complete, write rows + manifest, then the report."""
+    from mechbench.models.loading import load_model
+    from mechbench.provenance import run_provenance
+
+    config = plan.config
+    model = load_model(config.model, device=config.device, dtype=config.dtype)
+    torch.manual_seed(config.seed)
+    full_config = {**config.model_dump(), "analyses": {n: c.model_dump() for n, c in plan.analyses.items()}}
+    store = plan.store
+    store.start_run(plan.run_id, run_provenance(full_config, config.seed, model))
+    result = RunResult(plan.run_id, store.root, [], 0)
+    try:
+        for name, options in plan.analyses.items():
+            if SHARD in store.completed_shards(name, plan.run_id):
+                continue
+            frame = ANALYSES[name].run(model, options, progress)
+            frame["run_id"] = plan.run_id
+            store.write(frame, shard=SHARD)
+            store.record_shard(plan.run_id, name, SHARD, len(frame))
+            result.analyses.append(name)
+            result.n_rows += len(frame)
+    except KeyboardInterrupt:
+        store.finish_run(plan.run_id, "interrupted")
+        raise
+    except BaseException as exc:
+        store.finish_run(plan.run_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+        raise
+    store.finish_run(plan.run_id, "complete")
+    result.summary = top_heads_lines(str(store.root), run_id=plan.run_id, top=5)
+    if write_report_file:
+        result.report_path = write_report(store, plan.run_id)
+    return result
+
+
+def latest_run(store: ResultStore) -> str:
+    """Id of the most recently started run in a store."""
+    manifests = store.manifests() if store.root.exists() else []
+    if not manifests:
+        raise StoreError(f"no runs in {store.root}; run `mechbench analyze` first or pass --store")
+    return manifests[-1]["run_id"]
+
+
+def top_heads_lines(store_path: str, analysis: str | None = None, metric: str | None = None,
+                    position: int | None = None, top: int = 10, run_id: str | None = None) -> list[str]:
+    """Human-readable top-head tables for each analysis of a run."""
+    store = ResultStore(store_path)
+    run = run_id or latest_run(store)
+    frame = store.read(run_id=run, analysis=analysis)
+    if frame.empty:
+        raise StoreError(f"run {run!r} has no rows{' for ' + analysis if analysis else ''} in {store.root}")
+    lines = []
+    for name, rows in frame.groupby("analysis"):
+        spec = ANALYSES.get(str(name))
+        chosen_metric = metric or (spec.headline_metric if spec else str(rows["metric"].iloc[0]))
+        chosen_position = position if position is not None else (spec.headline_position if spec else None)
+        if chosen_metric not in set(rows["metric"]):
+            raise StoreError(f"metric {chosen_metric!r} not in analysis {name!r}; metrics: "
+                             f"{', '.join(sorted(set(rows['metric'])))}")
+        best = top_heads(rows, chosen_metric, chosen_position, top)
+        at = "" if chosen_position is None else f" at position {chosen_position}"
+        lines.append(f"{name} (run {run}, model {rows['model'].iloc[0]}): top {len(best)} heads by "
+                     f"{chosen_metric}{at}")
+        lines += [f"  L{int(r.layer):<3} H{int(r.head):<3} {r.value:.4f}" for r in best.itertuples()]
+    return lines

@@ -1,0 +1,1 @@
+"""Deterministic, seeded datasets and prompt generators."""

@@ -1,0 +1,74 @@
+"""Shared fixtures: toy models with known heads and a tiny Llama saved locally with transformers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+WORDS = ("the a cat dog sat on mat and ran to house big small red blue one two three four five six "
+         "seven eight nine ten is was it he she they saw went home . , ? !").split()
+
+
+def build_word_tokenizer():
+    """A word-level fast tokenizer that prepends <s>, built offline with `tokenizers`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<unk>", "<s>", "</s>", "<pad>", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+
+
+def build_tiny_llama(directory: Path, seed: int = 0, max_positions: int = 64) -> Path:
+    """Save a randomly initialised 2-layer GQA Llama (4 query heads, 2 KV heads) with its tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_word_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_dir: Path):
+    from mechbench.models.loading import load_model
+
+    return load_model(str(tiny_llama_dir))
+
+
+@pytest.fixture(scope="session")
+def planted():
+    from mechbench.models.loading import load_model
+
+    return load_model("toy-planted")
+
+
+@pytest.fixture(scope="session")
+def distinct_token_sequences() -> list[list[int]]:
+    """BOS + blocks of distinct planted-vocab tokens, repeated twice (clean induction targets)."""
+    generator = torch.Generator().manual_seed(0)
+    sequences = []
+    for length in (10, 7, 12, 9):
+        block = (torch.randperm(15, generator=generator)[:length] + 1).tolist()
+        sequences.append([0, *block, *block])
+    return sequences

