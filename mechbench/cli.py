@@ -42,8 +42,8 @@ def one_line_errors(function: F) -> F:
 def analyze(
     analyses: Annotated[list[str] | None, typer.Argument(
         help="analyses to run (default: those named in the config); see `mechbench analyze --help`")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML config (default: configs/default.yaml if present)")] = None,
-    model: Annotated[str | None, typer.Option(help="override the config's model: registry name, HF name or dir")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config (default: configs/default.yaml)")] = None,
+    model: Annotated[str | None, typer.Option(help="override the model: registry name, HF name or dir")] = None,
     store: Annotated[str | None, typer.Option(help="result store directory (default: the config's, "
                                                    "else ./mechbench-results)")] = None,
     run_id: Annotated[str | None, typer.Option(help="name of this run (default: timestamp + random suffix)")] = None,

@@ -12,8 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-WORDS = ("the a cat dog sat on mat and ran to house big small red blue one two three four five six "
-         "seven eight nine ten is was it he she they saw went home . , ? !").split()
+WORDS = (
+    "the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "to", "house", "big", "small",
+    "red", "blue", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "is", "was", "it", "he", "she", "they", "saw", "went", "home", ".", ",", "?", "!",
+)
 
 
 def build_word_tokenizer():
