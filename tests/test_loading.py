@@ -89,3 +89,16 @@ def test_missing_pack_names_the_install_command():
 
 def test_registry_lists_the_documented_models():
     assert {"smollm2-135m", "gemma3-270m", "minilm-l6", "toy-planted", "toy-induction"} <= set(REGISTRY)
+
+
+def test_character_spans_map_to_token_positions(tiny_llama):
+    text = "the big cat sat on the mat ."
+    _, pieces = tiny_llama.tokenize(text)
+    first, last = tiny_llama.token_span(text, text.index("big cat"), text.index("big cat") + len("big cat"))
+    assert pieces[first:last] == ["big", "cat"] and first == 2  # position 0 is <s>
+    no_bos = tiny_llama.token_span(text, text.index("mat"), text.index("mat") + 2, prepend_bos=False)
+    assert no_bos == (6, 7)  # a partial word still maps to its token
+    from mechbench.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="no token covers"):
+        tiny_llama.token_span(text + "   ", len(text) + 1, len(text) + 2)

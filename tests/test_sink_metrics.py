@@ -29,7 +29,7 @@ def test_causal_sink_scores_match_the_loop_definition():
     for b in range(2):
         for h in range(3):
             for k in range(9):
-                assert math.isclose(scores[b, h, k].item(), loop_sink_score(pattern, b, h, k, 9, True), rel_tol=1e-9)
+                assert math.isclose(scores[b, h, k].item(), loop_sink_score(pattern, b, h, k, 9, True), rel_tol=1e-6)
 
 
 def test_last_key_is_seen_only_by_itself():
@@ -55,9 +55,9 @@ def test_bidirectional_divisor_is_the_sequence_length():
     pattern = torch.randn(1, 1, 5, 5, generator=generator).softmax(-1)
     scores = sink_scores(pattern, causal=False)
     for k in range(5):
-        assert math.isclose(scores[0, 0, k].item(), loop_sink_score(pattern, 0, 0, k, 5, False), rel_tol=1e-9)
+        assert math.isclose(scores[0, 0, k].item(), loop_sink_score(pattern, 0, 0, k, 5, False), rel_tol=1e-6)
     # every query's row sums to 1, so the scores of a bidirectional head average to 1/T
-    assert math.isclose(scores.sum().item(), 1.0, rel_tol=1e-9)
+    assert math.isclose(scores.sum().item(), 1.0, rel_tol=1e-6)
 
 
 def test_sink_rate_counts_entries_above_epsilon_and_skips_missing():

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechbench.core.dataset import Batch, TokenDataset
+from mechbench.core.dataset import Batch, TokenDataset, spans_to_token_positions
 from mechbench.errors import CapabilityError, DatasetError
 
 #: Short site names -> TransformerLens hook suffix inside ``blocks.{layer}``.
@@ -154,6 +154,21 @@ class HookedModel:
         if prepend_bos and bos is not None and (not ids or ids[0] != bos):
             ids = [bos, *ids]
         return torch.tensor(ids, dtype=torch.long), [self.tokenizer.decode([i]) for i in ids]
+
+    def token_span(self, text: str, start: int, end: int, prepend_bos: bool | None = None) -> tuple[int, int]:
+        """Token positions ``[first, last)`` of the characters ``text[start:end]``, as tokenised by
+        :meth:`tokenize` with the same ``prepend_bos`` (so positions index the model's input)."""
+        if self.tokenizer is None:
+            raise CapabilityError(f"model {self.name} has no tokenizer; token spans need text")
+        encoded = self.tokenizer(text, add_special_tokens=prepend_bos is not False, return_offsets_mapping=True)
+        offsets = [tuple(o) for o in encoded["offset_mapping"]]
+        bos = self.tokenizer.bos_token_id
+        if prepend_bos and bos is not None and (not encoded["input_ids"] or encoded["input_ids"][0] != bos):
+            offsets = [(0, 0), *offsets]
+        try:
+            return spans_to_token_positions(offsets, start, end)
+        except ValueError as exc:
+            raise DatasetError(f"character span [{start}, {end}) of the text: {exc}") from None
 
     def tokenize_dataset(self, items: Sequence[str] | Sequence[Sequence[int]], max_tokens: int | None = None,
                          prepend_bos: bool | None = None,

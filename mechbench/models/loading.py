@@ -30,8 +30,7 @@ def architecture_of(bridge: Any) -> Architecture:
     cfg = bridge.cfg
     n_heads = int(cfg.n_heads)
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
-    architecture = str(getattr(cfg, "original_architecture", "") or "")
-    bidirectional = any(tag in architecture for tag in ("Bert", "Roberta", "Encoder", "MaskedLM"))
+    bidirectional = str(getattr(cfg, "attention_dir", "causal")) == "bidirectional"
     return Architecture(
         n_layers=int(cfg.n_layers), n_heads=n_heads, n_kv_heads=int(n_kv), d_head=int(cfg.d_head),
         d_model=int(cfg.d_model), n_ctx=int(cfg.n_ctx), positional=str(cfg.positional_embedding_type),
