@@ -89,7 +89,7 @@ def models_install(names: Annotated[list[str], typer.Argument(help="registry mod
     from mechbench.models.registry import install_packs
 
     install_packs(names)
-    typer.echo(f"installed: {', '.join(names)}")
+    typer.echo(f"ready: {', '.join(names)}")
 
 
 @app.command()

@@ -38,11 +38,11 @@ class RunConfig(StrictModel):
         return {} if value is None else value
 
 
-def format_validation_error(error: ValidationError, where: str) -> str:
-    """One line: every failing field path with pydantic's reason and the offending input."""
+def format_validation_error(error: ValidationError, where: str, prefix: str = "") -> str:
+    """One line: every failing field path (after ``prefix``) with pydantic's reason and the input."""
     parts = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        field = prefix + (".".join(str(p) for p in item["loc"]) or "(top level)")
         got = item.get("input")
         shown = "" if item["type"] == "missing" else f" (got {got!r})"
         parts.append(f"{field}: {item['msg']}{shown}")
@@ -67,8 +67,7 @@ def parse_config(data: Any, where: str = "<dict>") -> tuple[RunConfig, dict[str,
         try:
             blocks[name] = ANALYSES[name].config_model.model_validate(options or {})
         except ValidationError as exc:
-            message = format_validation_error(exc, where).replace(f"{where}: ", f"{where}: analyses.{name}.", 1)
-            raise ConfigError(message.replace("; ", f"; analyses.{name}.")) from None
+            raise ConfigError(format_validation_error(exc, where, prefix=f"analyses.{name}.")) from None
     return run, blocks
 
 

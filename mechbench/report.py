@@ -15,11 +15,13 @@ from mechbench.store.result_store import ResultStore, atomic_write_bytes
 
 
 def top_heads(frame: pd.DataFrame, metric: str, position: int | None, top: int) -> pd.DataFrame:
-    """The ``top`` heads by ``metric`` (at ``position`` where the metric is per position)."""
+    """The ``top`` heads by ``metric`` (at ``position`` where the metric is per position); per-example
+    rows are averaged over examples first, so each head appears once."""
     rows = frame[(frame["metric"] == metric) & frame["head"].notna()]
     if position is not None and rows["position"].notna().any():
         rows = rows[rows["position"] == position]
-    return rows.sort_values(["value", "layer", "head"], ascending=[False, True, True]).head(top)
+    per_head = rows.groupby(["layer", "head"], as_index=False)["value"].mean()
+    return per_head.sort_values(["value", "layer", "head"], ascending=[False, True, True]).head(top)
 
 
 def _section(analysis: str, frame: pd.DataFrame, include_js: list[bool]) -> str:

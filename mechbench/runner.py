@@ -63,15 +63,26 @@ def plan_run(config_path: Path | None, analyses: list[str], model: str | None = 
         raise ConfigError("give either --run-id or --resume, not both")
     result_store = ResultStore(run_config.store)
     if resume:
-        manifest = result_store.manifest(resume)
-        if manifest.get("model") != run_config.model:
-            raise ConfigError(f"run {resume!r} was made with model {manifest.get('model')!r}, not "
-                              f"{run_config.model!r}; resume it with the same --model/config")
+        check_resumable(result_store.manifest(resume), run_config, chosen)
     chosen_id = check_name("run id", resume or run_id or new_run_id())
     if run_id and (result_store.root / "runs" / f"{run_id}.json").exists():
         raise StoreError(f"run {run_id!r} already exists in {result_store.root}; choose another --run-id or "
                          f"--resume {run_id}")
     return RunPlan(run_config, chosen, result_store, chosen_id, resuming=bool(resume))
+
+
+def check_resumable(manifest: dict[str, Any], config: RunConfig, analyses: dict[str, StrictModel]) -> None:
+    """Refuse to resume a run with another model, seed or analysis options (rows would mix configs)."""
+    run_id = manifest["run_id"]
+    stored = manifest.get("config") or {}
+    if manifest.get("model") != config.model or stored.get("seed") != config.seed:
+        raise ConfigError(f"run {run_id!r} was made with model {manifest.get('model')!r} and seed {stored.get('seed')}"
+                          f", not {config.model!r} and {config.seed}; resume it with the same config")
+    for name, options in analyses.items():
+        before = stored.get("analyses", {}).get(name)
+        if before is not None and before != options.model_dump():
+            raise ConfigError(f"run {run_id!r} ran analyses.{name} with {before}, not {options.model_dump()}; "
+                              "resume it with the same config or start a new run")
 
 
 def run_plan(plan: RunPlan, progress: bool = True, write_report_file: bool = True) -> RunResult:
@@ -134,6 +145,9 @@ def top_heads_lines(store_path: str, analysis: str | None = None, metric: str | 
             raise StoreError(f"metric {chosen_metric!r} not in analysis {name!r}; metrics: "
                              f"{', '.join(sorted(set(rows['metric'])))}")
         best = top_heads(rows, chosen_metric, chosen_position, top)
+        if best.empty:
+            raise StoreError(f"metric {chosen_metric!r} of analysis {name!r} has no per-head rows"
+                             f"{'' if chosen_position is None else f' at position {chosen_position}'}")
         at = "" if chosen_position is None else f" at position {chosen_position}"
         lines.append(f"{name} (run {run}, model {rows['model'].iloc[0]}): top {len(best)} heads by "
                      f"{chosen_metric}{at}")

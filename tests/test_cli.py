@@ -68,6 +68,14 @@ def test_analyze_end_to_end_show_report_resume(tmp_path, tiny_llama_dir):
     assert again.exit_code == 0 and "nothing new" in again.output
     assert len(ResultStore(store_dir).read(run_id="t1")) == len(frame)
     assert_one_line_error(invoke("analyze", "--config", config, "--run-id", "t1"), "already exists")
+    (tmp_path / "other").mkdir()
+    other = config_file(tmp_path / "other", str(tiny_llama_dir), "{max_tokens: 8}", store=str(store_dir))
+    assert_one_line_error(invoke("analyze", "--config", other, "--resume", "t1"), r"ran analyses\.sinks with")
+
+    per_example = invoke("show", "--store", str(store_dir), "--metric", "sink_score", "--top", "40")
+    heads = [tuple(line.split()[:2]) for line in per_example.output.splitlines()[1:]]
+    assert len(heads) == len(set(heads)) == 8  # 2 layers x 4 heads, each once (averaged over examples)
+    assert_one_line_error(invoke("show", "--store", str(store_dir), "--metric", "sink_rate"), "no per-head rows")
 
 
 def test_determinism_same_config_same_table(tmp_path, tiny_llama_dir):

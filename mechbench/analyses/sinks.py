@@ -50,6 +50,8 @@ def sink_scores(pattern: Tensor, lengths: Tensor | None = None, causal: bool = T
     if lengths is None:
         lengths = torch.full((batch,), n_key, dtype=torch.long)
     lengths = lengths.to(pattern.device)
+    if pattern.dtype in (torch.float16, torch.bfloat16):
+        pattern = pattern.float()  # sum over up to T queries: half precision would lose the small scores
     positions = torch.arange(n_key, device=pattern.device)
     valid = positions[None, :] < lengths[:, None]  # [batch, pos]
     received = (pattern * valid[:, None, :, None].to(pattern.dtype)).sum(dim=-2)  # sum over real queries
@@ -62,12 +64,13 @@ def sink_rate(scores: Tensor, epsilon: float = 0.3) -> Tensor:
     """``Sink_k^eps`` in percent: share of all leading entries (examples, layers, heads) with score > eps.
 
     ``scores``: ``[..., key]`` sink scores (NaN where a key does not exist; those entries are left out).
-    Returns ``[key]``. Gu et al. 2024 use ``eps = 0.3``.
+    Returns ``[key]`` (NaN at a position no example reaches). Gu et al. 2024 use ``eps = 0.3``.
     """
     flat = scores.reshape(-1, scores.shape[-1]).double()
     present = ~torch.isnan(flat)
     above = (flat > epsilon) & present
-    return 100.0 * above.sum(0).double() / present.sum(0).clamp(min=1).double()
+    rate = 100.0 * above.sum(0).double() / present.sum(0).clamp(min=1).double()
+    return rate.masked_fill(present.sum(0) == 0, float("nan"))
 
 
 @dataclass
@@ -116,6 +119,7 @@ def run_sinks(model: HookedModel, texts: Sequence[str], *, max_tokens: int = 64,
     mean["n_examples"] = examples_per_position[mean["position"].to_numpy()]
     rate = to_tidy(sink_rate(scores, epsilon), ("position",), metric="sink_rate", epsilon=epsilon)
     frame = pd.concat([per_example, mean, rate], ignore_index=True)
+    frame["n_examples"] = frame["n_examples"].astype("Int64")
     frame["analysis"] = ANALYSIS
     frame["model"] = model.name
     return frame
@@ -129,7 +133,10 @@ class SinksConfig(StrictModel):
     max_tokens: PositiveInt = Field(64, description="truncate each text to its first N tokens (Gu et al.: 64)")
     epsilon: float = Field(0.3, gt=0.0, lt=1.0, description="sink-rate threshold on the sink score (Gu et al.: 0.3)")
     batch_size: PositiveInt = 4
-    prepend_bos: bool | None = Field(None, description="None = the tokenizer's own choice, as in the paper")
+    prepend_bos: bool | None = Field(
+        None, description="None = the loaded tokenizer's setting (TransformerBridge turns add_bos_token on, so "
+        "SmolLM2 inputs start with <|im_start|>); False = no special tokens, the plain HF tokenizer of Gu et al.; "
+        "True = force a BOS")
 
 
 def run_sinks_from_config(model: HookedModel, config: SinksConfig, progress: bool = True) -> pd.DataFrame:

