@@ -59,6 +59,9 @@ def plan_run(config_path: Path | None, analyses: list[str], model: str | None = 
     if not chosen:
         raise ConfigError("nothing to run: name analyses on the command line or under `analyses:` in the config "
                           f"(available: {', '.join(sorted(ANALYSES))})")
+    for name, options in chosen.items():
+        if ANALYSES[name].check is not None:
+            ANALYSES[name].check(options)
     if run_id and resume:
         raise ConfigError("give either --run-id or --resume, not both")
     result_store = ResultStore(run_config.store)
@@ -122,7 +125,9 @@ def run_plan(plan: RunPlan, progress: bool = True, write_report_file: bool = Tru
 
 def latest_run(store: ResultStore) -> str:
     """Id of the most recently started run in a store."""
-    manifests = store.manifests() if store.root.exists() else []
+    if not store.root.exists():
+        raise StoreError(f"no result store at {store.root}; run `mechbench analyze` first or pass --store")
+    manifests = store.manifests()
     if not manifests:
         raise StoreError(f"no runs in {store.root}; run `mechbench analyze` first or pass --store")
     return manifests[-1]["run_id"]

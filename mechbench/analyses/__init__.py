@@ -30,6 +30,8 @@ class AnalysisSpec:
     #: (metric, position) whose per-head values `mechbench show` ranks by default.
     headline_metric: str
     headline_position: int | None = None
+    #: checks the options need no model for (e.g. the dataset exists and is not empty), run before loading
+    check: Callable[[StrictModel], None] | None = None
 
 
 ANALYSES: dict[str, AnalysisSpec] = {}
@@ -62,6 +64,7 @@ def _register_builtin() -> None:
         run=sinks.run_sinks_from_config,
         headline_metric="sink_score_mean",
         headline_position=0,
+        check=sinks.check_config,
     ))
 
 

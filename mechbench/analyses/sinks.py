@@ -139,6 +139,11 @@ class SinksConfig(StrictModel):
         "True = force a BOS")
 
 
+def check_config(config: SinksConfig) -> None:
+    """Fail before any model is loaded when the text set is missing or empty."""
+    load_texts(config.texts, config.limit)
+
+
 def run_sinks_from_config(model: HookedModel, config: SinksConfig, progress: bool = True) -> pd.DataFrame:
     """Runner used by the CLI: load the configured texts and call :func:`run_sinks`."""
     ids, texts = load_texts(config.texts, config.limit)

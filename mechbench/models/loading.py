@@ -47,8 +47,13 @@ def wrap_bridge(bridge: Any, name: str, source: str | None = None) -> HookedMode
 
 def _boot(path_or_name: str, device: str, dtype: torch.dtype) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers.utils import logging as hf_logging
 
-    return TransformerBridge.boot_transformers(path_or_name, device=device, dtype=dtype)
+    hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise between our own lines
+    try:
+        return TransformerBridge.boot_transformers(path_or_name, device=device, dtype=dtype)
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> HookedModel:
