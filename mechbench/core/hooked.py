@@ -149,24 +149,28 @@ class HookedModel:
         sure the sequence starts with BOS; ``False`` adds no special tokens (the plain Hugging Face
         tokenizer of models without a BOS, as the papers' reference code tokenises).
         """
+        ids, _ = self._encode(text, prepend_bos)
+        return torch.tensor(ids, dtype=torch.long), [self.tokenizer.decode([i]) for i in ids]
+
+    def _encode(self, text: str, prepend_bos: bool | None,
+                with_offsets: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids (and character offsets, which need a fast tokenizer) under the ``prepend_bos``
+        rule of :meth:`tokenize`."""
         if self.tokenizer is None:
             raise CapabilityError(f"model {self.name} has no tokenizer; pass token-id sequences instead of text")
-        ids: list[int] = self.tokenizer(text, add_special_tokens=prepend_bos is not False)["input_ids"]
+        encoded = self.tokenizer(text, add_special_tokens=prepend_bos is not False,
+                                 return_offsets_mapping=with_offsets)
+        ids: list[int] = list(encoded["input_ids"])
+        offsets = [(int(a), int(b)) for a, b in encoded["offset_mapping"]] if with_offsets else [(0, 0)] * len(ids)
         bos = self.tokenizer.bos_token_id
         if prepend_bos and bos is not None and (not ids or ids[0] != bos):
-            ids = [bos, *ids]
-        return torch.tensor(ids, dtype=torch.long), [self.tokenizer.decode([i]) for i in ids]
+            ids, offsets = [bos, *ids], [(0, 0), *offsets]
+        return ids, offsets
 
     def token_span(self, text: str, start: int, end: int, prepend_bos: bool | None = None) -> tuple[int, int]:
         """Token positions ``[first, last)`` of the characters ``text[start:end]``, as tokenised by
         :meth:`tokenize` with the same ``prepend_bos`` (so positions index the model's input)."""
-        if self.tokenizer is None:
-            raise CapabilityError(f"model {self.name} has no tokenizer; token spans need text")
-        encoded = self.tokenizer(text, add_special_tokens=prepend_bos is not False, return_offsets_mapping=True)
-        offsets = [tuple(o) for o in encoded["offset_mapping"]]
-        bos = self.tokenizer.bos_token_id
-        if prepend_bos and bos is not None and (not encoded["input_ids"] or encoded["input_ids"][0] != bos):
-            offsets = [(0, 0), *offsets]
+        _, offsets = self._encode(text, prepend_bos, with_offsets=True)
         try:
             return spans_to_token_positions(offsets, start, end)
         except ValueError as exc:
