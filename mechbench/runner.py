@@ -29,7 +29,6 @@ class RunPlan:
     analyses: dict[str, StrictModel]
     store: ResultStore
     run_id: str
-    resuming: bool
 
 
 @dataclass
@@ -71,7 +70,7 @@ def plan_run(config_path: Path | None, analyses: list[str], model: str | None = 
     if run_id and (result_store.root / "runs" / f"{run_id}.json").exists():
         raise StoreError(f"run {run_id!r} already exists in {result_store.root}; choose another --run-id or "
                          f"--resume {run_id}")
-    return RunPlan(run_config, chosen, result_store, chosen_id, resuming=bool(resume))
+    return RunPlan(run_config, chosen, result_store, chosen_id)
 
 
 def check_resumable(manifest: dict[str, Any], config: RunConfig, analyses: dict[str, StrictModel]) -> None:
