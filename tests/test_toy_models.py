@@ -31,11 +31,12 @@ def test_bos_head_is_the_sink_and_previous_token_head_is_not(planted, distinct_t
     expected_prev = sum(2 / n for n in lengths) / len(lengths)
     assert abs(at_bos[PLANTED_HEADS["previous_token"]] - expected_prev) < 1e-3
     assert at_bos[PLANTED_HEADS["self"]] < 1.5 / min(lengths)
+    # without a delimiter in the input, the delimiter head rests on BOS as well
     sinks = {head for head, value in at_bos.items() if value > 0.5}
-    assert sinks == {PLANTED_HEADS["bos"]}
-    # sink rate at position 0: exactly the BOS head in every example is above 0.3 -> 1 of 8 heads
+    assert sinks == {PLANTED_HEADS["bos"], PLANTED_HEADS["delimiter"]}
+    # sink rate at position 0: exactly those two heads in every example are above 0.3 -> 2 of 8 heads
     rate = frame[(frame["metric"] == "sink_rate") & (frame["position"] == 0)]["value"].item()
-    assert abs(rate - 100.0 / 8) < 1e-9
+    assert abs(rate - 200.0 / 8) < 1e-9
 
 
 def test_planted_role_scores_find_exactly_the_planted_heads(planted, distinct_token_sequences):

@@ -11,7 +11,11 @@ output (``V``) and position (``n_ctx``). Heads (layer.head):
   token after an earlier occurrence of the current token; writes that token into the output
   block, which the unembedding reads, so the model predicts repeated sequences.
 * ``1.1`` self head: attends to its own position.
-* ``0.2``, ``0.3``, ``1.2``, ``1.3``: all-zero weights → uniform (diffuse) attention, no output.
+* ``1.2`` delimiter head: constant query; keys score ``GAP`` on the delimiter token
+  (``PLANTED_DELIMITER``) and ``GAP - 3`` on BOS, so it rests on BOS until a delimiter appears and
+  then puts ~95 % of its mass on the delimiter: a planted *hidden sink* (ACT) after position 0.
+  No output.
+* ``0.2``, ``0.3``, ``1.3``: all-zero weights → uniform (diffuse) attention, no output.
 
 ``toy-induction``: the 2-layer attention-only recipe of ``shared/reference/models.md`` (d_model
 128, 4 heads, LayerNorm, learned positions) trained on BOS + a random block tiled to 64 tokens;
@@ -31,11 +35,15 @@ from torch import Tensor
 
 from mechbench.core.hooked import HookedModel
 
-PLANTED_VOCAB = 16
-PLANTED_CTX = 32
+PLANTED_VOCAB = 17
+PLANTED_CTX = 64
+#: Token id the delimiter head (1.2) sinks onto; the other planted heads treat it as an ordinary token.
+PLANTED_DELIMITER = 16
 #: Pre-softmax logit gap of planted matches (softmax weight of a match ≈ 1 - n·e^-GAP).
 PLANTED_GAP = 30.0
-PLANTED_HEADS = {"bos": (0, 0), "previous_token": (0, 1), "induction": (1, 0), "self": (1, 1)}
+PLANTED_HEADS = {"bos": (0, 0), "previous_token": (0, 1), "induction": (1, 0), "self": (1, 1), "delimiter": (1, 2)}
+#: Heads with all-zero weights: uniform attention over the visible prefix.
+PLANTED_UNIFORM_HEADS = ((0, 2), (0, 3), (1, 3))
 
 INDUCTION_VOCAB = 256
 INDUCTION_CTX = 64
@@ -51,7 +59,7 @@ def _native_bridge(**config: Any) -> Any:
 
 def planted_bridge() -> Any:
     """Build the hand-set ``toy-planted`` TransformerBridge (see module docstring)."""
-    vocab, ctx, d_head, n_heads = PLANTED_VOCAB, PLANTED_CTX, 32, 4
+    vocab, ctx, d_head, n_heads = PLANTED_VOCAB, PLANTED_CTX, PLANTED_CTX, 4  # d_head >= ctx: position-indexed q/k
     tok, prev, out, pos = 0, vocab, 2 * vocab, 3 * vocab  # offsets of the residual blocks
     d_model = 3 * vocab + ctx
     bridge = _native_bridge(n_layers=2, d_model=d_model, d_head=d_head, n_heads=n_heads, n_ctx=ctx, d_vocab=vocab,
@@ -84,6 +92,10 @@ def planted_bridge() -> Any:
     # 1.1 self head: q_t = e_t, k_s = e_s over position dims; no output.
     head_rows(1, 1, "q")[:ctx, pos:pos + ctx] = scale * torch.eye(ctx)
     head_rows(1, 1, "k")[:ctx, pos:pos + ctx] = torch.eye(ctx)
+    # 1.2 delimiter head: q = constant (bias), k = [delimiter] + (1 - 3/GAP) [BOS]; no output.
+    state["blocks.1.attn.q.bias"][2 * d_head] = scale
+    head_rows(1, 2, "k")[0, tok + PLANTED_DELIMITER] = 1.0
+    head_rows(1, 2, "k")[0, tok + 0] = 1.0 - 3.0 / PLANTED_GAP
     bridge.load_state_dict(state)
     return bridge
 
