@@ -1,0 +1,96 @@
+"""Attention-pattern interventions: edit a layer's post-softmax pattern before it multiplies ``V``.
+
+An edit is a function ``(pattern [batch, head, query, key], batch) -> edited pattern``; the hooks
+returned by :func:`pattern_edit_hooks` apply one edit per layer through the TransformerLens
+``hook_pattern`` point (the edited pattern is the one the model uses). Analyses build edits from
+the pure functions here (ACT calibration, key masks) and score the edited model with
+:func:`batch_logits`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechbench.core.dataset import Batch, TokenDataset, iter_batches
+from mechbench.core.hooked import HookedModel
+
+PatternEdit = Callable[[Tensor, Batch], Tensor]
+
+
+def pattern_edit_hooks(model: HookedModel, edits: Mapping[int, PatternEdit],
+                       current: list[Batch]) -> list[tuple[str, Any]]:
+    """Forward hooks replacing layer ``l``'s attention pattern by ``edits[l](pattern, batch)``.
+
+    ``current`` holds the batch being run (set by the caller before each forward pass).
+    """
+    hooks = []
+    for layer, edit in edits.items():
+        def hook(pattern: Tensor, hook: Any, edit: PatternEdit = edit) -> Tensor:
+            return edit(pattern, current[0])
+        hooks.append((model.hook_name("pattern", layer), hook))
+    return hooks
+
+
+def batch_logits(model: HookedModel, dataset: TokenDataset, batch_size: int,
+                 edits: Mapping[int, PatternEdit] | None = None) -> Iterator[tuple[Batch, Tensor]]:
+    """Yield ``(batch, logits [batch, pos, vocab])`` for every batch, with the pattern edits applied."""
+    current: list[Batch] = []
+    hooks = pattern_edit_hooks(model, edits or {}, current)
+    for batch in iter_batches(dataset, batch_size, pad_id=model.pad_id):
+        current[:] = [batch]
+        yield batch, model.run_with_hooks(batch, hooks)
+
+
+def calibrate_attention(pattern: Tensor, sinks: Tensor, beta: float) -> Tensor:
+    """ACT attention calibration (Yu et al. 2024, ``GATECH-EIC/ACT`` ``atten_process_eval``).
+
+    ``pattern``: ``[..., query, key]`` post-softmax rows; ``sinks``: ``[..., key]`` bool, the sink
+    columns ``S`` to shrink. Per query row ``t``::
+
+        freed[t]  = (1 - beta) * sum_{s in S} P[t, s]
+        P'[t, s]  = beta * P[t, s]                      (s in S)
+        R[t]      = P[t] with the S entries zeroed, normalised to sum 1
+        P''[t]    = P'[t] + freed[t] * R[t]
+
+    Rows keep summing to 1 and sink columns become exactly ``beta`` times the original. The
+    reference also sets ``P''[0, 0] = 1``; for a causal pattern that entry is already 1 (row 0 sees
+    only key 0, which is never in ``S`` after the first sink is dropped). A row whose mass lies
+    entirely on sinks has nowhere to move it and is left unchanged.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    columns = sinks[..., None, :].to(pattern.dtype)
+    sink_mass = (pattern * columns).sum(-1, keepdim=True)
+    rest = pattern * (1 - columns)
+    rest_mass = rest.sum(-1, keepdim=True)
+    movable = rest_mass > 0
+    redistributed = torch.where(movable, rest / rest_mass.clamp(min=torch.finfo(pattern.dtype).tiny), 0.0)
+    calibrated = pattern - (1 - beta) * pattern * columns + (1 - beta) * sink_mass * redistributed
+    return torch.where(movable, calibrated, pattern)
+
+
+def renormalise_to_keys(pattern: Tensor, keep: Tensor) -> Tensor:
+    """Restrict attention to the keys in ``keep`` (``[query, key]`` or broadcastable bool).
+
+    Renormalising the post-softmax row over the kept keys equals a softmax over the kept keys only
+    (``exp(a_s) / sum_{kept} exp(a_s')``), i.e. the same as evicting the other keys from the cache.
+    """
+    kept = pattern * keep.to(pattern.dtype)
+    return kept / kept.sum(-1, keepdim=True).clamp(min=torch.finfo(pattern.dtype).tiny)
+
+
+def start_recent_keys(length: int, start_size: int, recent_size: int) -> Tensor:
+    """``[query, key]`` bool mask of StreamingLLM's ``StartRecentKVCache`` (Xiao et al. 2023).
+
+    Query ``t`` sees key ``s <= t`` when ``s < start_size`` (the attention-sink tokens) or
+    ``t - s < recent_size`` (the recent window, which includes ``t`` itself).
+    """
+    if recent_size < 1:
+        raise ValueError(f"recent_size must be at least 1, got {recent_size}")
+    query = torch.arange(length)[:, None]
+    key = torch.arange(length)[None, :]
+    return (key <= query) & ((key < start_size) | (query - key < recent_size))
