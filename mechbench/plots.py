@@ -24,3 +24,42 @@ def position_profile(frame: pd.DataFrame, title: str, value_label: str = "value"
     figure = go.Figure(go.Scatter(x=ordered["position"], y=ordered["value"], mode="lines+markers"))
     figure.update_layout(title=title, xaxis_title="token position", yaxis_title=value_label, height=320)
     return figure
+
+
+def token_table(frame: pd.DataFrame, title: str, top: int = 20) -> go.Figure:
+    """Table of the most frequent tokens of a per-token metric (columns ``token``, ``value``, counts)."""
+    rows = frame.sort_values(["value", "token"], ascending=[False, True]).head(top)
+    columns = [c for c in ("token", "value", "n_examples", "n_heads") if c in rows]
+    figure = go.Figure(go.Table(header={"values": columns},
+                                cells={"values": [rows[c].map(repr) if c == "token" else rows[c] for c in columns]}))
+    figure.update_layout(title=title, height=120 + 24 * len(rows))
+    return figure
+
+
+def massive_activation_profile(frame: pd.DataFrame, title: str = "Residual-stream magnitudes") -> go.Figure:
+    """Per layer: the largest ``|h|`` (``massive_activation`` rank 0, max over examples) and the median
+    ``|h|`` (``resid_abs_median``, mean over examples), on a log axis (Sun et al. 2024, Fig. 2)."""
+    top = frame[(frame["metric"] == "massive_activation") & (frame["rank"] == 0)].groupby("layer")["value"].max()
+    median = frame[frame["metric"] == "resid_abs_median"].groupby("layer")["value"].mean()
+    figure = go.Figure([go.Scatter(x=top.index, y=top.to_numpy(), mode="lines+markers", name="top |h|"),
+                        go.Scatter(x=median.index, y=median.to_numpy(), mode="lines+markers", name="median |h|")])
+    figure.update_layout(title=title, xaxis_title="layer", yaxis_title="|h|", yaxis_type="log", height=360)
+    return figure
+
+
+def grouped_bars(frame: pd.DataFrame, x: str, group: str, title: str, value_label: str = "value") -> go.Figure:
+    """Bars of ``value`` by ``x``, one colour per ``group`` (e.g. accuracy by split and condition)."""
+    figure = go.Figure([go.Bar(x=part[x], y=part["value"], name=str(name)) for name, part in frame.groupby(group)])
+    figure.update_layout(title=title, barmode="group", yaxis_title=value_label, height=360)
+    return figure
+
+
+def rolling_lines(frame: pd.DataFrame, group: str, title: str, window: int = 32,
+                  value_label: str = "value") -> go.Figure:
+    """Rolling mean of a per-position metric, one line per ``group`` (e.g. loss per cache policy)."""
+    figure = go.Figure()
+    for name, part in frame.sort_values("position").groupby(group):
+        smooth = part["value"].rolling(window, min_periods=1).mean()
+        figure.add_trace(go.Scatter(x=part["position"], y=smooth, mode="lines", name=str(name)))
+    figure.update_layout(title=title, xaxis_title="token position", yaxis_title=value_label, height=360)
+    return figure

@@ -58,7 +58,8 @@ def _register_builtin() -> None:
 
     register_analysis(AnalysisSpec(
         name=sinks.ANALYSIS,
-        description="attention-sink scores per head and key position, and the sink rate",
+        description="attention sinks: sink scores and rate, hidden sinks, massive activations, ACT calibration, "
+                    "StreamingLLM cache check",
         citation="Gu et al. 2024, When Attention Sink Emerges in Language Models (arXiv 2410.10781)",
         config_model=sinks.SinksConfig,
         run=sinks.run_sinks_from_config,
