@@ -50,6 +50,8 @@ def test_analyze_end_to_end_show_report_resume(tmp_path, tiny_llama_dir):
     assert per_example["example"].nunique() == 8 and per_example["position"].max() == 15
     assert per_example["token"].notna().all()
     manifest = store.manifest("t1")
+    assert manifest == json.loads((store_dir / "runs" / "t1.json").read_text())  # plain JSON on disk
+    assert manifest["architecture"]["n_kv_heads"] == 2 and manifest["seed"] == 0
     assert manifest["status"] == "complete" and len(manifest["weights_sha256"]) == 64
     assert manifest["config"]["analyses"]["sinks"]["max_tokens"] == 16
     assert manifest["versions"]["torch"].startswith("2.13")
@@ -124,13 +126,6 @@ def test_unknown_analysis_on_the_command_line(tmp_path):
 
 def test_show_without_store(tmp_path):
     assert_one_line_error(invoke("show", "--store", str(tmp_path / "none")), r"no result store")
-
-
-def test_manifest_is_json(tmp_path, tiny_llama_dir):
-    config = config_file(tmp_path, str(tiny_llama_dir), "{max_tokens: 8, limit: 1}")
-    assert invoke("analyze", "--config", config, "--run-id", "m", "--no-progress", "--no-report").exit_code == 0
-    manifest = json.loads((tmp_path / "store" / "runs" / "m.json").read_text())
-    assert manifest["architecture"]["n_kv_heads"] == 2 and manifest["seed"] == 0
 
 
 def test_sinks_notebook_runs_on_a_store(tmp_path, tiny_llama_dir, monkeypatch):
