@@ -198,9 +198,9 @@ def _hidden_sink_rows(scores: Tensor, mask: Tensor, ids: list[str], token_texts:
     per_head = to_tidy(mask.double().sum(-1).mean(0), ("layer", "head"), metric="hidden_sink_count")
     if detections.empty:
         return pd.concat([detections, per_head], ignore_index=True)
-    by_token = detections.groupby("token", sort=False).agg(
-        value=("value", "size"), n_examples=("example", "nunique"),
-        n_heads=("layer", lambda rows: detections.loc[rows.index, ["layer", "head"]].drop_duplicates().shape[0]))
+    by_token = detections.assign(layer_head=list(zip(detections["layer"], detections["head"], strict=True))).groupby(
+        "token", sort=False).agg(value=("value", "size"), n_examples=("example", "nunique"),
+                                 n_heads=("layer_head", "nunique"))
     by_token = by_token.reset_index().sort_values(["value", "token"], ascending=[False, True])
     by_token["metric"] = "hidden_sink_token"
     by_token["value"] = by_token["value"].astype(float)
@@ -517,11 +517,8 @@ def run_sinks_from_config(model: HookedModel, config: SinksConfig, progress: boo
     if config.streaming is not None:
         block = config.streaming
         _, stream_texts = load_texts(block.texts)
-        tokens, pieces = model.tokenize("\n\n".join(stream_texts), config.prepend_bos)
-        tokens, pieces = tokens[: block.max_tokens], pieces[: block.max_tokens]
-        if tokens.numel() > model.architecture.n_ctx:
-            raise DatasetError(f"the streaming text has {tokens.numel()} tokens, longer than the context window of "
-                               f"{model.name} ({model.architecture.n_ctx}); lower streaming.max_tokens")
-        parts.append(run_streaming(model, tokens, start_size=block.start_size, recent_size=block.recent_size,
-                                   token_texts=pieces))
+        stream = model.tokenize_dataset(["\n\n".join(stream_texts)], max_tokens=block.max_tokens,
+                                        prepend_bos=config.prepend_bos, example_ids=["stream"])
+        parts.append(run_streaming(model, stream.tokens[0], start_size=block.start_size,
+                                   recent_size=block.recent_size, token_texts=stream.token_texts[0]))
     return pd.concat(parts, ignore_index=True)

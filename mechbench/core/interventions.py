@@ -67,10 +67,9 @@ def calibrate_attention(pattern: Tensor, sinks: Tensor, beta: float) -> Tensor:
     sink_mass = (pattern * columns).sum(-1, keepdim=True)
     rest = pattern * (1 - columns)
     rest_mass = rest.sum(-1, keepdim=True)
-    movable = rest_mass > 0
-    redistributed = torch.where(movable, rest / rest_mass.clamp(min=torch.finfo(pattern.dtype).tiny), 0.0)
+    redistributed = rest / rest_mass.clamp(min=torch.finfo(pattern.dtype).tiny)
     calibrated = pattern - (1 - beta) * pattern * columns + (1 - beta) * sink_mass * redistributed
-    return torch.where(movable, calibrated, pattern)
+    return torch.where(rest_mass > 0, calibrated, pattern)
 
 
 def renormalise_to_keys(pattern: Tensor, keep: Tensor) -> Tensor:
