@@ -138,7 +138,8 @@ def test_massive_rows_match_an_independent_cache(planted):
         assert top["value"].tolist() == pytest.approx(resid.abs().flatten().topk(3).values.tolist())
         first = top.iloc[0]
         assert resid[int(first["position"]), int(first["channel"])].abs().item() == pytest.approx(first["value"])
-        assert first["ratio"] == pytest.approx(first["value"] / resid.abs().median().item())
+        median = resid.abs().median().item()
+        assert first["ratio"] == (pytest.approx(first["value"] / median) if median > 0 else float("inf"))
     assert not rows["is_massive"].any()  # one-hot residuals of magnitude ~1 are not massive
 
 
@@ -219,3 +220,12 @@ def test_sinks_config_blocks_run_from_the_config(tiny_llama, size_task):
     assert {"sink_score", "hidden_sink_count", "massive_activation", "act_search_delta", "act_accuracy",
             "act_text_nll", "streaming_nll"} <= set(frame["metric"])
     assert len(frame[frame["metric"] == "act_search_delta"]) == tiny_llama.n_heads
+    # the per-head hidden-sink count is the detections of that head divided by the number of texts
+    detections = frame[frame["metric"] == "hidden_sink"].groupby(["layer", "head"]).size()
+    counts = frame[frame["metric"] == "hidden_sink_count"].set_index(["layer", "head"])["value"]
+    n_texts = frame.loc[frame["metric"] == "sink_score", "example"].nunique()
+    assert counts.to_dict() == pytest.approx((detections.reindex(counts.index, fill_value=0) / n_texts).to_dict())
+    # the streaming summary is the mean of its per-token rows past the first window (2 + 8 tokens)
+    tokens = frame[(frame["metric"] == "streaming_token_nll") & (frame["cache"] == "start+recent")]
+    summary = frame[(frame["metric"] == "streaming_nll") & (frame["cache"] == "start+recent")]["value"].item()
+    assert summary == pytest.approx(tokens.loc[tokens["position"] > 10, "value"].mean())

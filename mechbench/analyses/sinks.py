@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field, NonNegativeInt, PositiveInt
@@ -216,13 +217,16 @@ def _massive_rows(reducer: MassiveActivationReducer, criteria: MassiveCriteria, 
     positions = reducer.positions[index]
     top["position"] = positions.numpy()
     top["channel"] = reducer.channels[index].numpy()
-    top["ratio"] = top["value"].to_numpy() / reducer.medians[index[:2]].numpy()
+    median = reducer.medians[index[:2]].numpy()
+    value = top["value"].to_numpy()
+    # a zero median (e.g. one-hot residuals) makes every nonzero entry infinitely many times the median
+    top["ratio"] = np.divide(value, median, out=np.where(value > 0, np.inf, np.nan), where=median > 0)
     top["is_massive"] = (top["value"] > criteria.min_value) & (top["ratio"] >= criteria.min_ratio)
     top["token"] = [token_texts[e][p] for e, p in zip(index[0].tolist(), positions.tolist(), strict=True)]
     top["n_sink_heads"] = sink_heads[index[0], positions].numpy()
     top = top.drop(columns="example_index")
-    median = to_tidy(reducer.medians, ("example", "layer"), coords={"example": ids}, metric="resid_abs_median")
-    return pd.concat([top, median], ignore_index=True)
+    medians = to_tidy(reducer.medians, ("example", "layer"), coords={"example": ids}, metric="resid_abs_median")
+    return pd.concat([top, medians], ignore_index=True)
 
 
 def run_sinks(model: HookedModel, texts: Sequence[str], *, max_tokens: int = 64, epsilon: float = 0.3,
