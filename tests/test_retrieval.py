@@ -210,3 +210,32 @@ def test_builtin_needles_and_haystack():
     haystack = load_haystack()
     assert len(haystack.split()) > 2000
     assert not any(n.answer.lower() in haystack.lower() for n in needles)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_analyze_retrieval_end_to_end(tmp_path, tiny_llama_dir):
+    from typer.testing import CliRunner
+
+    from mechbench.cli import app
+    from mechbench.store import ResultStore
+
+    (tmp_path / "needles.jsonl").write_text(
+        '{"id": "dog", "needle": "the red dog went home .", "question": "where ?", "answer": "red dog went home"}\n')
+    (tmp_path / "hay.txt").write_text(HAYSTACK)
+    config = tmp_path / "retrieval.yaml"
+    config.write_text(f"model: {tiny_llama_dir}\nstore: {tmp_path / 'store'}\nanalyses:\n  retrieval:\n"
+                      f"    needles: {tmp_path / 'needles.jsonl'}\n    haystack: {tmp_path / 'hay.txt'}\n"
+                      "    min_length: 36\n    max_length: 40\n    n_lengths: 2\n    n_depths: 2\n"
+                      "    buffer: 10\n    max_new_tokens: 4\n")
+    result = CliRunner().invoke(app, ["analyze", "retrieval", "--config", str(config), "--run-id", "r1",
+                                      "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    frame = ResultStore(tmp_path / "store").read(analysis="retrieval", run_id="r1")
+    heads = frame[frame["metric"] == "retrieval_score"]
+    assert len(heads) == 2 * 4  # tiny Llama: 2 layers x 4 query heads, one row each even when no trial counts
+    trials = frame[frame["metric"] == "niah_success"]
+    assert sorted(zip(trials["context_length"], trials["depth"], strict=True)) == [(36, 0), (36, 100), (40, 0),
+                                                                                    (40, 100)]
+    n_counted = int(trials["value"].sum())
+    assert (heads["n_trials"] == n_counted).all()
+    assert heads["value"].isna().all() == (n_counted == 0)
