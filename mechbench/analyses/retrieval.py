@@ -157,18 +157,18 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = 
         if use_kv_cache and getattr(getattr(bridge, "adapter", None), "supports_kv_cache", True):
             _, cache = bridge(sequence[None, :-1], return_type="logits_and_cache", use_cache=True)
         token = sequence[-1:]
-        for i in range(max_new_tokens):
-            step[0] = i
-            if cache is not None:
-                logits, cache = bridge.run_with_hooks(token[None], fwd_hooks=hooks, return_type="logits_and_cache",
-                                                      past_key_values=cache)
-            else:
-                logits = bridge.run_with_hooks(sequence[None], fwd_hooks=hooks)
-            token = logits[0, -1].argmax().view(1)
-            generated.append(int(token))
-            sequence = torch.cat([sequence, token])
-            if generated[-1] in stop_ids:
-                break
+        with bridge.hooks(fwd_hooks=hooks):  # attached once: per-call run_with_hooks costs more than a decode step
+            for i in range(max_new_tokens):
+                step[0] = i
+                if cache is not None:
+                    logits, cache = bridge(token[None], return_type="logits_and_cache", past_key_values=cache)
+                else:
+                    logits = bridge(sequence[None])
+                token = logits[0, -1].argmax().view(1)
+                generated.append(int(token))
+                sequence = torch.cat([sequence, token])
+                if generated[-1] in stop_ids:
+                    break
     return Decoding(generated=torch.tensor(generated, dtype=torch.long), argmax_keys=argmax_keys[:len(generated)],
                     used_kv_cache=cache is not None)
 
