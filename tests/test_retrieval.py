@@ -15,11 +15,15 @@ from mechbench.analyses.retrieval import (
     check_config,
     copy_events,
     greedy_decode,
+    masking_experiment,
+    random_heads,
+    ranked_heads,
     retrieval_scores,
     rouge1_recall,
     run_retrieval,
     run_trial,
 )
+from mechbench.core.interventions import mask_heads_hooks, uniform_attention
 from mechbench.core.recorder import Recorder
 from mechbench.errors import ConfigError, DatasetError
 from mechbench.models.toy import PLANTED_CTX, PLANTED_HEADS
@@ -63,6 +67,34 @@ def test_rouge1_recall():
     assert rouge1_recall("under the blue flowerpot", "Under the blue flowerpot!") == 1.0
     assert rouge1_recall("", "anything") == 0.0
     assert rouge1_recall("red dog", "") == 0.0
+    # Porter stemming of words longer than 3 characters, as rouge_score(use_stemmer=True)
+    assert rouge1_recall("records were broken", "the record was broken") == pytest.approx(2 / 3)
+    assert rouge1_recall("walks", "walking") == 1.0
+    assert rouge1_recall("walks", "walking", stem=False) == 0.0
+
+
+def test_uniform_attention_spreads_over_visible_keys():
+    pattern = torch.softmax(torch.randn(2, 3, 4, 6), -1)
+    edited = uniform_attention(pattern, [1])
+    # 4 queries are the last 4 of 6 positions: query i sees keys 0..2+i
+    for i in range(4):
+        expected = torch.zeros(6)
+        expected[: 3 + i] = 1 / (3 + i)
+        assert torch.allclose(edited[:, 1, i], expected.expand(2, 6))
+    assert torch.equal(edited[:, [0, 2]], pattern[:, [0, 2]])
+    decode = uniform_attention(torch.softmax(torch.randn(1, 2, 1, 5), -1), [0, 1])
+    assert torch.allclose(decode, torch.full((1, 2, 1, 5), 0.2))
+    assert torch.allclose(uniform_attention(pattern, [0], causal=False)[:, 0], torch.full((2, 4, 6), 1 / 6))
+
+
+def test_ranked_and_random_heads():
+    scores = torch.tensor([[0.1, float("nan"), 0.9], [0.5, 0.0, 0.1]], dtype=torch.float64)
+    assert ranked_heads(scores) == [(0, 2), (1, 0), (0, 0), (1, 2), (1, 1), (0, 1)]
+    drawn = random_heads(scores, 2, exclude_top=2, generator=torch.Generator().manual_seed(0))
+    assert len(set(drawn)) == 2 and not set(drawn) & {(0, 2), (1, 0)}
+    assert drawn == random_heads(scores, 2, exclude_top=2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match=r"only 1 heads lie outside the top 5, fewer than k=2"):
+        random_heads(scores, 2, exclude_top=5)
 
 
 def test_copy_events_need_span_and_matching_token():
@@ -126,6 +158,25 @@ def test_run_retrieval_rows_exclude_failed_trials(planted):
     assert set(frame["analysis"]) == {"retrieval"} and set(frame["model"]) == {"toy-planted"}
 
 
+def test_masking_the_planted_copy_head_breaks_retrieval(planted):
+    unmasked = run_trial(planted, planted_trial(), max_new_tokens=5)
+    frame = masking_experiment(planted, [planted_trial()], unmasked.head_scores, [1], n_random=3, exclude_top=1,
+                               generator=torch.Generator().manual_seed(0), baseline=[unmasked], max_new_tokens=5,
+                               progress=False)
+    success = frame[frame.metric == "masking_success_rate"]
+    top = success[success.condition == "top"].iloc[0]
+    assert top["masked_heads"] == "1.0" and top["value"] == 0.0  # the induction head masked: nothing is copied
+    assert success[success.condition == "none"]["value"].tolist() == [1.0]
+    for _, row in success[success.condition == "random"].iterrows():  # each draw re-run independently
+        heads = [tuple(map(int, h.split("."))) for h in row["masked_heads"].split(",")]
+        assert heads != [INDUCTION]
+        rerun = run_trial(planted, planted_trial(), 5, fwd_hooks=mask_heads_hooks(planted, heads))
+        assert row["value"] == float(rerun.success)
+    # masking a head that attends uniformly anyway changes nothing
+    same = run_trial(planted, planted_trial(), 5, fwd_hooks=mask_heads_hooks(planted, [(0, 2)]))
+    assert torch.equal(same.decoding.generated, unmasked.decoding.generated)
+
+
 def test_kv_cache_decode_matches_full_recompute(tiny_llama):
     """The streaming path (prefill once, one token per step through the HF cache) gives the same tokens and
     argmaxes as re-running the sequence; the queries are scaled so attention is sharp (no near-ties)."""
@@ -139,6 +190,9 @@ def test_kv_cache_decode_matches_full_recompute(tiny_llama):
         cached = greedy_decode(tiny_llama, prompt, 6, use_kv_cache=True)
         full = greedy_decode(tiny_llama, prompt, 6, use_kv_cache=False)
         argmax, _ = brute_force(tiny_llama, prompt.tolist(), cached.generated.tolist(), (1, 2))
+        mask = mask_heads_hooks(tiny_llama, [(0, 1), (1, 2)])  # masked decoding: the causal offset of a cached step
+        masked_cached = greedy_decode(tiny_llama, prompt, 6, use_kv_cache=True, fwd_hooks=mask)
+        masked_full = greedy_decode(tiny_llama, prompt, 6, use_kv_cache=False, fwd_hooks=mask)
     finally:
         with torch.no_grad():
             for layer, weight in zip(layers, saved, strict=True):
@@ -147,6 +201,9 @@ def test_kv_cache_decode_matches_full_recompute(tiny_llama):
     assert torch.equal(cached.generated, full.generated)
     assert torch.equal(cached.argmax_keys, full.argmax_keys)
     assert torch.equal(cached.argmax_keys, argmax)
+    assert torch.equal(masked_cached.generated, masked_full.generated)
+    assert torch.equal(masked_cached.argmax_keys, masked_full.argmax_keys)
+    assert (masked_cached.argmax_keys[:, 0, 1] == 0).all()  # uniform rows: argmax is the first key
 
 
 # ---------------------------------------------------------------------------------------------- NIAH trials
@@ -213,7 +270,12 @@ def test_builtin_needles_and_haystack():
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def test_analyze_retrieval_end_to_end(tmp_path, tiny_llama_dir):
+def test_analyze_retrieval_end_to_end(tmp_path, tiny_llama_dir, monkeypatch):
+    """CLI run with masking, its rows, then every code cell of notebooks/retrieval_heads.ipynb on that store."""
+    import json
+    from pathlib import Path
+
+    import plotly.graph_objects as go
     from typer.testing import CliRunner
 
     from mechbench.cli import app
@@ -226,7 +288,8 @@ def test_analyze_retrieval_end_to_end(tmp_path, tiny_llama_dir):
     config.write_text(f"model: {tiny_llama_dir}\nstore: {tmp_path / 'store'}\nanalyses:\n  retrieval:\n"
                       f"    needles: {tmp_path / 'needles.jsonl'}\n    haystack: {tmp_path / 'hay.txt'}\n"
                       "    min_length: 36\n    max_length: 40\n    n_lengths: 2\n    n_depths: 2\n"
-                      "    buffer: 10\n    max_new_tokens: 4\n")
+                      "    buffer: 10\n    max_new_tokens: 4\n"
+                      "    masking: {top_k: [1, 2], n_random: 1, exclude_top: 2}\n")
     result = CliRunner().invoke(app, ["analyze", "retrieval", "--config", str(config), "--run-id", "r1",
                                       "--no-progress"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -239,3 +302,18 @@ def test_analyze_retrieval_end_to_end(tmp_path, tiny_llama_dir):
     n_counted = int(trials["value"].sum())
     assert (heads["n_trials"] == n_counted).all()
     assert heads["value"].isna().all() == (n_counted == 0)
+    masking = frame[frame["metric"] == "masking_success_rate"].set_index(["condition", "k"])
+    assert sorted(masking.index) == [("none", 0), ("random", 1), ("random", 2), ("top", 1), ("top", 2)]
+    assert masking.loc[("none", 0), "value"] == pytest.approx(n_counted / 4)  # the unmasked detection trials
+    assert (masking["n_trials"] == 4).all()
+    assert [len(h.split(",")) for h in masking.loc[[("top", 2), ("random", 2)], "masked_heads"]] == [2, 2]
+    shown: list[go.Figure] = []
+    monkeypatch.setattr(go.Figure, "show", lambda self, *a, **k: shown.append(self))
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "retrieval_heads.ipynb").read_text())
+    namespace: dict = {}
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            source = "".join(cell["source"]).replace('"../mechbench-results"', repr(str(tmp_path / "store")))
+            exec(compile(source, "notebook", "exec"), namespace)
+    assert len(shown) == 5  # heatmap, two NIAH grids, two masking curves
+    assert all(len(figure.data) > 0 for figure in shown)

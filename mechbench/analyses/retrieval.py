@@ -30,12 +30,14 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
+from nltk.stem.porter import PorterStemmer
 from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechbench.config import StrictModel
 from mechbench.core.hooked import HookedModel
+from mechbench.core.interventions import mask_heads_hooks
 from mechbench.core.tidy import to_tidy
 from mechbench.errors import ConfigError, DatasetError
 from mechbench.tasks.niah import (
@@ -56,22 +58,29 @@ ROUGE_THRESHOLD = 0.5
 MAX_NEW_TOKENS = 50
 
 
-def rouge1_recall(reference: str, prediction: str) -> float:
+def rouge1_recall(reference: str, prediction: str, stem: bool = True) -> float:
     """ROUGE-1 recall: share of the reference's words (with multiplicity) that the prediction contains.
 
-    Words are lower-cased alphanumeric runs, as in ``rouge_score``'s default tokenizer; the reference
-    code also applies Porter stemming (``use_stemmer=True``), which this does not, so inflected
-    variants ("walks" vs "walk") do not match here. Returns 0 for an empty reference.
+    Tokenisation as ``rouge_score`` (the package the reference calls with ``use_stemmer=True``):
+    lower-case, non-alphanumerics to spaces, split, and Porter-stem (NLTK's ``PorterStemmer``) every
+    word longer than 3 characters. ``stem=False`` compares the words unstemmed. Returns 0 for an
+    empty reference.
     """
-    ref = Counter(_words(reference))
+    ref = Counter(_rouge_words(reference, stem))
     if not ref:
         return 0.0
-    pred = Counter(_words(prediction))
+    pred = Counter(_rouge_words(prediction, stem))
     return sum(min(n, pred[w]) for w, n in ref.items()) / sum(ref.values())
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
+def _rouge_words(text: str, stem: bool) -> list[str]:
+    words = re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+    if not stem:
+        return words
+    return [_STEMMER.stem(word) if len(word) > 3 else word for word in words]
+
+
+_STEMMER = PorterStemmer()
 
 
 def check_span(span: tuple[int, int], prompt_length: int) -> None:
@@ -125,7 +134,8 @@ class Decoding:
 
 
 def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = MAX_NEW_TOKENS,
-                  stop_ids: Collection[int] = (), use_kv_cache: bool = True) -> Decoding:
+                  stop_ids: Collection[int] = (), use_kv_cache: bool = True,
+                  fwd_hooks: Sequence[tuple[str, Any]] = ()) -> Decoding:
     """Greedy decoding that records, per step, the argmax-attended key of the last query of every head.
 
     As the reference ``decode``: prefill ``prompt_ids[:-1]``, then each step feeds the previous token,
@@ -133,6 +143,8 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = 
     still counts) or ``max_new_tokens`` steps. With ``use_kv_cache`` and a bridge that returns a Hugging
     Face cache, each step runs one token; otherwise the whole sequence is re-run each step (same
     result, quadratic cost). Only ``[heads]`` per layer per step is kept in either case.
+    ``fwd_hooks`` (e.g. :func:`mechbench.core.interventions.mask_heads_hooks`) are active in the prefill
+    and in every decode step.
     """
     if prompt_ids.dim() != 1 or prompt_ids.numel() < 2:
         raise DatasetError(f"the prompt needs at least 2 tokens (1-D ids), got shape {tuple(prompt_ids.shape)}")
@@ -155,9 +167,11 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = 
     cache = None
     with torch.no_grad():
         if use_kv_cache and getattr(getattr(bridge, "adapter", None), "supports_kv_cache", True):
-            _, cache = bridge(sequence[None, :-1], return_type="logits_and_cache", use_cache=True)
+            with bridge.hooks(fwd_hooks=list(fwd_hooks)):
+                _, cache = bridge(sequence[None, :-1], return_type="logits_and_cache", use_cache=True)
         token = sequence[-1:]
-        with bridge.hooks(fwd_hooks=hooks):  # attached once: per-call run_with_hooks costs more than a decode step
+        # attached once: a per-step run_with_hooks costs more than the decode step itself
+        with bridge.hooks(fwd_hooks=list(fwd_hooks) + hooks):
             for i in range(max_new_tokens):
                 step[0] = i
                 if cache is not None:
@@ -190,14 +204,16 @@ class TrialResult:
 
 
 def run_trial(model: HookedModel, trial: NiahTrial, max_new_tokens: int = MAX_NEW_TOKENS,
-              stop: Collection[int] = (), use_kv_cache: bool = True) -> TrialResult:
+              stop: Collection[int] = (), use_kv_cache: bool = True,
+              fwd_hooks: Sequence[tuple[str, Any]] = ()) -> TrialResult:
     """Decode one trial and score every head (``trial_head_scores``) and the response (``rouge1_recall``).
 
     The response is the decoded text without special tokens, stripped (reference ``evaluate_and_log``);
-    a model without a tokenizer answers with its token ids joined by spaces.
+    a model without a tokenizer answers with its token ids joined by spaces. ``fwd_hooks`` are active
+    throughout (head masking).
     """
     check_span(trial.answer_span, trial.prompt_ids.numel())
-    decoding = greedy_decode(model, trial.prompt_ids, max_new_tokens, stop, use_kv_cache)
+    decoding = greedy_decode(model, trial.prompt_ids, max_new_tokens, stop, use_kv_cache, fwd_hooks)
     ids = decoding.generated.tolist()
     if model.tokenizer is not None:
         response = model.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -208,19 +224,24 @@ def run_trial(model: HookedModel, trial: NiahTrial, max_new_tokens: int = MAX_NE
                        head_scores=scores, decoding=decoding)
 
 
-def run_retrieval(model: HookedModel, trials: Sequence[NiahTrial], *, max_new_tokens: int = MAX_NEW_TOKENS,
-                  stop: Collection[int] = (), use_kv_cache: bool = True, progress: bool = True) -> pd.DataFrame:
-    """Run every trial and return tidy rows.
+def run_trials(model: HookedModel, trials: Sequence[NiahTrial], *, max_new_tokens: int = MAX_NEW_TOKENS,
+               stop: Collection[int] = (), use_kv_cache: bool = True, fwd_hooks: Sequence[tuple[str, Any]] = (),
+               progress: bool = True, desc: str = "retrieval trials") -> list[TrialResult]:
+    """:func:`run_trial` for every trial, with a progress bar."""
+    if not trials:
+        raise DatasetError("no needle-in-a-haystack trials; give at least one needle, length and depth")
+    return [run_trial(model, trial, max_new_tokens, stop, use_kv_cache, fwd_hooks)
+            for trial in tqdm(trials, desc=desc, disable=not progress, unit="trial", leave=False)]
+
+
+def detection_rows(results: Sequence[TrialResult]) -> pd.DataFrame:
+    """Tidy rows of the detection trials.
 
     Rows: ``retrieval_score`` per (layer, head) with ``n_trials`` = number of counted trials (value NaN
     when none counts); per trial (``example`` = trial id, with ``context_length``, ``depth``, ``needle``,
     ``success``): ``niah_success`` (1/0), ``rouge1_recall`` and ``trial_retrieval_score`` per head (the
     reference's per-trial list, so runs can be pooled like its ``head_score/<model>.json``).
     """
-    if not trials:
-        raise DatasetError("no needle-in-a-haystack trials; give at least one needle, length and depth")
-    results = [run_trial(model, trial, max_new_tokens, stop, use_kv_cache)
-               for trial in tqdm(trials, desc="retrieval trials", disable=not progress, unit="trial", leave=False)]
     per_trial = torch.stack([r.head_scores for r in results])
     counted = torch.tensor([r.success for r in results])
     heads = to_tidy(retrieval_scores(per_trial, counted), ("layer", "head"), drop_nan=False,
@@ -238,13 +259,97 @@ def run_retrieval(model: HookedModel, trials: Sequence[NiahTrial], *, max_new_to
                          "needle": [r.trial.needle_id for r in results],
                          "success": [r.success for r in results]})
     per_trial_rows = pd.concat([trial_heads, outcome], ignore_index=True).merge(info, on="example", how="left")
-    frame = pd.concat([heads, per_trial_rows], ignore_index=True)
-    for column in ("layer", "head", "n_trials", "context_length", "depth"):
-        frame[column] = frame[column].astype("Int64")
+    return pd.concat([heads, per_trial_rows], ignore_index=True)
+
+
+def run_retrieval(model: HookedModel, trials: Sequence[NiahTrial], *, max_new_tokens: int = MAX_NEW_TOKENS,
+                  stop: Collection[int] = (), use_kv_cache: bool = True, masking: MaskingConfig | None = None,
+                  generator: torch.Generator | None = None, progress: bool = True) -> pd.DataFrame:
+    """Detection rows (:func:`detection_rows`) and, with ``masking``, the masking curve on the same trials
+    (:func:`masking_experiment`, heads ranked by the scores just measured)."""
+    results = run_trials(model, trials, max_new_tokens=max_new_tokens, stop=stop, use_kv_cache=use_kv_cache,
+                         progress=progress)
+    frames = [detection_rows(results)]
+    if masking is not None:
+        scores = retrieval_scores(torch.stack([r.head_scores for r in results]),
+                                  torch.tensor([r.success for r in results]))
+        frames.append(masking_experiment(model, trials, scores, masking.top_k, n_random=masking.n_random,
+                                         exclude_top=masking.exclude_top, generator=generator, baseline=results,
+                                         max_new_tokens=max_new_tokens, stop=stop, use_kv_cache=use_kv_cache,
+                                         progress=progress))
+    frame = pd.concat(frames, ignore_index=True)
+    for column in ("layer", "head", "n_trials", "context_length", "depth", "k", "draw"):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
     frame["success"] = frame["success"].astype("boolean")
     frame["analysis"] = ANALYSIS
     frame["model"] = model.name
     return frame
+
+
+def ranked_heads(scores: Tensor) -> list[tuple[int, int]]:
+    """All ``(layer, head)`` by descending retrieval score; NaN last, ties in layer-then-head order."""
+    flat = torch.nan_to_num(scores.double().flatten(), nan=float("-inf"))
+    order = torch.sort(flat, descending=True, stable=True).indices.tolist()
+    return [divmod(index, scores.shape[1]) for index in order]
+
+
+def random_heads(scores: Tensor, k: int, exclude_top: int, generator: torch.Generator | None = None,
+                 ) -> list[tuple[int, int]]:
+    """``k`` heads drawn without replacement from those outside the top ``exclude_top`` by score.
+
+    The reference masks ``|K|`` random heads "not among the top-100" (``--mask_top`` with ``K < 0``).
+    """
+    pool = ranked_heads(scores)[exclude_top:]
+    if len(pool) < k:
+        raise ConfigError(f"retrieval.masking: only {len(pool)} heads lie outside the top {exclude_top}, fewer than "
+                          f"k={k}; lower masking.exclude_top or the largest masking.top_k")
+    picks = torch.randperm(len(pool), generator=generator)[:k].tolist()
+    return sorted(pool[i] for i in picks)
+
+
+def masking_experiment(model: HookedModel, trials: Sequence[NiahTrial], scores: Tensor, top_k: Sequence[int], *,
+                       n_random: int = 3, exclude_top: int = 100, generator: torch.Generator | None = None,
+                       baseline: Sequence[TrialResult] | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
+                       stop: Collection[int] = (), use_kv_cache: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Wu et al.'s causal check: NIAH accuracy with the top-K retrieval heads masked vs K random heads.
+
+    Masking gives a head uniform attention over its visible keys in the prefill and every decode step
+    (:func:`mechbench.core.interventions.mask_heads_hooks`). Conditions: ``none`` (from ``baseline``,
+    the unmasked results of the same trials, when given), ``top`` (the ``k`` best heads by ``scores``)
+    and ``random`` (``n_random`` draws of ``k`` heads outside the top ``exclude_top``, see
+    :func:`random_heads`). Rows per condition, k and draw: ``masking_success_rate`` (share of trials
+    with ROUGE-1 recall > 0.5) and ``masking_rouge1_recall`` (mean), with ``masked_heads``
+    ("layer.head" list) and ``n_trials``.
+    """
+    conditions: list[tuple[str, int, int, list[tuple[int, int]]]] = []
+    for k in top_k:
+        conditions.append(("top", k, 0, ranked_heads(scores)[:k]))
+        conditions.extend(("random", k, draw, random_heads(scores, k, exclude_top, generator))
+                          for draw in range(n_random))
+    outcomes = [("none", 0, 0, [], list(baseline))] if baseline is not None else []
+    for condition, k, draw, heads in tqdm(conditions, desc="masking", disable=not progress, unit="condition",
+                                          leave=False):
+        results = run_trials(model, trials, max_new_tokens=max_new_tokens, stop=stop, use_kv_cache=use_kv_cache,
+                             fwd_hooks=mask_heads_hooks(model, heads), progress=False)
+        outcomes.append((condition, k, draw, heads, results))
+    rows = []
+    for condition, k, draw, heads, results in outcomes:
+        common = {"condition": condition, "k": k, "draw": draw, "n_trials": len(results),
+                  "masked_heads": ",".join(f"{layer}.{head}" for layer, head in heads)}
+        rows.append(common | {"metric": "masking_success_rate",
+                              "value": sum(r.success for r in results) / len(results)})
+        rows.append(common | {"metric": "masking_rouge1_recall",
+                              "value": sum(r.rouge_recall for r in results) / len(results)})
+    return pd.DataFrame(rows)
+
+
+class MaskingConfig(StrictModel):
+    """The masking check (config block ``analyses.retrieval.masking``)."""
+
+    top_k: list[PositiveInt] = Field([5, 10, 20], min_length=1, description="numbers of heads to mask")
+    n_random: NonNegativeInt = Field(3, description="random draws of k heads per k (reference: one)")
+    exclude_top: NonNegativeInt = Field(100, description="random heads come from outside the top N (reference: 100)")
 
 
 class RetrievalConfig(StrictModel):
@@ -262,6 +367,8 @@ class RetrievalConfig(StrictModel):
         "auto", description="prompt template; auto = chat when the tokenizer has a chat template")
     max_new_tokens: PositiveInt = Field(MAX_NEW_TOKENS, description="decode length (reference: 50)")
     use_kv_cache: bool = Field(True, description="decode with the KV cache when the model supports it")
+    masking: MaskingConfig | None = Field(None, description="also mask the top-K vs K random heads and "
+                                          "measure NIAH accuracy on the same trials")
 
 
 def check_config(config: RetrievalConfig) -> None:
@@ -276,8 +383,16 @@ def check_config(config: RetrievalConfig) -> None:
 def run_retrieval_from_config(model: HookedModel, config: RetrievalConfig, progress: bool = True) -> pd.DataFrame:
     """Runner used by the CLI: build the NIAH grid and call :func:`run_retrieval`."""
     check_config(config)
+    if config.masking is not None:  # fail before the detection trials, not after them
+        n_heads = model.n_layers * model.n_heads
+        largest = max(config.masking.top_k)
+        if n_heads - config.masking.exclude_top < largest:
+            raise ConfigError(f"retrieval.masking: {model.name} has {n_heads} heads, so only "
+                              f"{max(n_heads - config.masking.exclude_top, 0)} lie outside the top "
+                              f"{config.masking.exclude_top}, fewer than top_k {largest}; lower masking.exclude_top "
+                              "or masking.top_k")
     lengths, depths = grid(config.min_length, config.max_length, config.n_lengths, config.n_depths)
     trials = build_trials(model, load_needles(config.needles), load_haystack(config.haystack), lengths, depths,
                           buffer=config.buffer, template=config.template, max_new_tokens=config.max_new_tokens)
     return run_retrieval(model, trials, max_new_tokens=config.max_new_tokens, stop=stop_ids(model),
-                         use_kv_cache=config.use_kv_cache, progress=progress)
+                         use_kv_cache=config.use_kv_cache, masking=config.masking, progress=progress)
