@@ -63,3 +63,32 @@ def rolling_lines(frame: pd.DataFrame, group: str, title: str, window: int = 32,
         figure.add_trace(go.Scatter(x=part["position"], y=smooth, mode="lines", name=str(name)))
     figure.update_layout(title=title, xaxis_title="token position", yaxis_title=value_label, height=360)
     return figure
+
+
+def niah_grid(frame: pd.DataFrame, title: str, value_label: str = "NIAH success") -> go.Figure:
+    """Context length x needle depth heatmap of a per-trial metric (columns ``context_length``,
+    ``depth``, ``value``), averaged over needles: the needle-in-a-haystack picture."""
+    grid = frame.pivot_table(index="depth", columns="context_length", values="value", aggfunc="mean").sort_index()
+    figure = go.Figure(go.Heatmap(
+        z=grid.to_numpy(), x=[str(int(c)) for c in grid.columns], y=[f"{int(d)}%" for d in grid.index],
+        colorscale="RdYlGn", zmin=0, zmax=1, colorbar={"title": value_label},
+        hovertemplate="length %{x}, depth %{y}<br>" + value_label + " %{z:.2f}<extra></extra>"))
+    figure.update_layout(title=title, xaxis_title="context length (tokens)", yaxis_title="needle depth",
+                         height=max(320, 30 * len(grid.index) + 140))
+    return figure
+
+
+def masking_curve(frame: pd.DataFrame, title: str, value_label: str = "NIAH success") -> go.Figure:
+    """``value`` against the number of masked heads ``k``, one line per ``condition`` (mean over
+    ``draw``, error bars to the lowest and highest draw); the unmasked ``none`` row is drawn at k = 0
+    on every line."""
+    figure = go.Figure()
+    baseline = frame[frame["condition"] == "none"]
+    for condition, part in frame[frame["condition"] != "none"].groupby("condition"):
+        stats = pd.concat([baseline, part]).groupby("k")["value"].agg(["mean", "min", "max"]).sort_index()
+        figure.add_trace(go.Scatter(
+            x=stats.index, y=stats["mean"], mode="lines+markers", name=str(condition),
+            error_y={"type": "data", "symmetric": False, "array": stats["max"] - stats["mean"],
+                     "arrayminus": stats["mean"] - stats["min"]}))
+    figure.update_layout(title=title, xaxis_title="masked heads (k)", yaxis_title=value_label, height=360)
+    return figure

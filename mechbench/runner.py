@@ -122,13 +122,17 @@ def run_plan(plan: RunPlan, progress: bool = True, write_report_file: bool = Tru
     return result
 
 
-def latest_run(store: ResultStore) -> str:
-    """Id of the most recently started run in a store."""
+def latest_run(store: ResultStore, analysis: str | None = None) -> str:
+    """Id of the most recently started run in a store (that wrote rows of ``analysis``, when given)."""
     if not store.root.exists():
         raise StoreError(f"no result store at {store.root}; run `mechbench analyze` first or pass --store")
     manifests = store.manifests()
     if not manifests:
         raise StoreError(f"no runs in {store.root}; run `mechbench analyze` first or pass --store")
+    if analysis is not None:
+        manifests = [m for m in manifests if analysis in m.get("shards", {})]
+        if not manifests:
+            raise StoreError(f"no run in {store.root} has {analysis!r} rows; run `mechbench analyze {analysis}` first")
     return manifests[-1]["run_id"]
 
 

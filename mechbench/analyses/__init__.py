@@ -54,7 +54,7 @@ def unknown_analysis_message(name: str) -> str:
 
 
 def _register_builtin() -> None:
-    from mechbench.analyses import sinks
+    from mechbench.analyses import retrieval, sinks
 
     register_analysis(AnalysisSpec(
         name=sinks.ANALYSIS,
@@ -66,6 +66,15 @@ def _register_builtin() -> None:
         headline_metric="sink_score_mean",
         headline_position=0,
         check=sinks.check_config,
+    ))
+    register_analysis(AnalysisSpec(
+        name=retrieval.ANALYSIS,
+        description="retrieval-head scores per head from needle-in-a-haystack copy-paste events",
+        citation="Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality (arXiv 2404.15574)",
+        config_model=retrieval.RetrievalConfig,
+        run=retrieval.run_retrieval_from_config,
+        headline_metric="retrieval_score",
+        check=retrieval.check_config,
     ))
 
 

@@ -9,7 +9,7 @@ the pure functions here (ACT calibration, key masks) and score the edited model 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -93,3 +93,37 @@ def start_recent_keys(length: int, start_size: int, recent_size: int) -> Tensor:
     query = torch.arange(length)[:, None]
     key = torch.arange(length)[None, :]
     return (key <= query) & ((key < start_size) | (query - key < recent_size))
+
+
+def uniform_attention(pattern: Tensor, heads: Sequence[int], causal: bool = True) -> Tensor:
+    """Replace the rows of ``heads`` by uniform attention over the keys each query can see.
+
+    This is head masking as in Wu et al. 2024 (``needle_in_haystack_with_mask.py``): a zero query
+    (or zeroed pre-softmax scores) makes every visible key score the same. ``pattern`` is
+    ``[batch, head, query, key]``; with ``causal`` the ``q`` queries are the last ``q`` of ``k``
+    positions (a prefill has ``q == k``, a cached decode step ``q == 1``) and query ``i`` sees keys
+    ``0 .. k - q + i``; without padding on the left.
+    """
+    n_query, n_key = pattern.shape[-2:]
+    if causal:
+        visible = torch.arange(n_key, device=pattern.device)[None, :] <= (
+            torch.arange(n_query, device=pattern.device)[:, None] + n_key - n_query)
+    else:
+        visible = torch.ones(n_query, n_key, dtype=torch.bool, device=pattern.device)
+    uniform = visible.to(pattern.dtype) / visible.sum(-1, keepdim=True).to(pattern.dtype)
+    edited = pattern.clone()
+    edited[:, list(heads)] = uniform
+    return edited
+
+
+def mask_heads_hooks(model: HookedModel, heads: Collection[tuple[int, int]]) -> list[tuple[str, Any]]:
+    """Forward hooks that give every ``(layer, head)`` in ``heads`` uniform attention (:func:`uniform_attention`)."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in sorted(heads):
+        by_layer.setdefault(layer, []).append(head)
+    causal = model.architecture.causal
+
+    def hook_for(layer_heads: list[int]) -> Callable[[Tensor, Any], Tensor]:
+        return lambda pattern, hook: uniform_attention(pattern, layer_heads, causal)
+
+    return [(model.hook_name("pattern", layer), hook_for(layer_heads)) for layer, layer_heads in by_layer.items()]
