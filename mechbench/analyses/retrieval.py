@@ -168,7 +168,9 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = 
     with torch.no_grad():
         if use_kv_cache and getattr(getattr(bridge, "adapter", None), "supports_kv_cache", True):
             with bridge.hooks(fwd_hooks=list(fwd_hooks)):
-                _, cache = bridge(sequence[None, :-1], return_type="logits_and_cache", use_cache=True)
+                # the prefill's logits are never read: unembed only the last position (HF logits_to_keep)
+                _, cache = bridge(sequence[None, :-1], return_type="logits_and_cache", use_cache=True,
+                                  logits_to_keep=1)
         token = sequence[-1:]
         # attached once: a per-step run_with_hooks costs more than the decode step itself
         with bridge.hooks(fwd_hooks=list(fwd_hooks) + hooks):
