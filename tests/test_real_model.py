@@ -37,6 +37,17 @@ def test_position_zero_dominates_sink_scores(smollm2):
     assert share_argmax_zero > 0.75
     rate = frame[frame["metric"] == "sink_rate"].set_index("position")["value"]
     assert rate[0] > 40 and rate.drop(0).max() < 15  # Sink_1 is large, later positions rarely sinks
+    # massive activations (Sun et al.): one residual channel of the first token, from the middle layers on
+    # (8 built-in texts: channel 507 at position 0, |h| ~ 24,900 in layers 11-27, up to ~15,700x the median)
+    massive = frame[(frame["metric"] == "massive_activation") & frame["is_massive"].fillna(False).astype(bool)]
+    assert set(massive["position"]) == {0}
+    assert set(range(11, 28)) <= set(massive["layer"])
+    top = frame[(frame["metric"] == "massive_activation") & (frame["rank"] == 0) & (frame["layer"] == 15)]
+    assert set(top["channel"]) == {507} and (top["value"] > 10_000).all()
+    # hidden sinks (ACT rule, threshold 0.1): most heads have a sink after the first token somewhere
+    hidden = frame[frame["metric"] == "hidden_sink"]
+    assert (hidden["position"] > 0).all()
+    assert hidden.groupby(["layer", "head"]).ngroups > 135
 
 
 def test_streaming_equals_run_with_cache_on_the_real_model(smollm2):
