@@ -261,7 +261,7 @@ def test_analyze_distance_end_to_end(tmp_path, tiny_llama_dir, monkeypatch):
     assert spans["group"].value_counts().to_dict() == {"neither": 4, "local": 2, "global": 2}
     assert spans[spans["group"] == "local"]["value"].max() <= spans[spans["group"] == "neither"]["value"].min()
     assert spans[spans["group"] == "global"]["value"].min() >= spans[spans["group"] == "neither"]["value"].max()
-    n_response = {"cat": 10, "two": 8}  # word-level tokenizer, no BOS on the response
+    n_response = {"cat": 11, "two": 8}  # word-level tokenizer, no BOS on the response
     waad_rows = frame[frame["metric"] == "waad"]
     assert waad_rows.groupby("example").size().to_dict() == n_response
     assert waad_rows["value"].between(0, 4).all() and (waad_rows["window"] == 4).all()
