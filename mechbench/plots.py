@@ -92,3 +92,24 @@ def masking_curve(frame: pd.DataFrame, title: str, value_label: str = "NIAH succ
                      "arrayminus": stats["mean"] - stats["min"]}))
     figure.update_layout(title=title, xaxis_title="masked heads (k)", yaxis_title=value_label, height=360)
     return figure
+
+
+def token_profile(frame: pd.DataFrame, title: str, group: str | None = None, value_label: str = "value") -> go.Figure:
+    """A per-token metric of one example along its positions (columns ``position``, ``token``, ``value``),
+    one line per ``group`` value, the tokens on the x axis; rows with ``is_peak`` get a marker."""
+    ordered = frame.sort_values("position")
+    parts = ordered.groupby(group, sort=False) if group is not None else [(value_label, ordered)]
+    figure = go.Figure()
+    for name, part in parts:
+        figure.add_trace(go.Scatter(x=part["position"], y=part["value"], mode="lines", name=str(name),
+                                    customdata=part["token"],
+                                    hovertemplate="position %{x}: %{customdata}<br>%{y:.4f}<extra></extra>"))
+        if "is_peak" in part:
+            peaks = part[part["is_peak"].fillna(False).astype(bool)]
+            figure.add_trace(go.Scatter(x=peaks["position"], y=peaks["value"], mode="markers", name=f"{name} peaks",
+                                        marker={"size": 9, "symbol": "diamond"}))
+    ticks = ordered.drop_duplicates("position")
+    figure.update_layout(title=title, yaxis_title=value_label, height=380,
+                         xaxis={"title": "token", "tickmode": "array", "tickvals": ticks["position"].tolist(),
+                                "ticktext": ticks["token"].tolist(), "tickangle": -60})
+    return figure

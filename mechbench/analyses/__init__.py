@@ -54,7 +54,7 @@ def unknown_analysis_message(name: str) -> str:
 
 
 def _register_builtin() -> None:
-    from mechbench.analyses import retrieval, sinks
+    from mechbench.analyses import distance, retrieval, sinks
 
     register_analysis(AnalysisSpec(
         name=sinks.ANALYSIS,
@@ -75,6 +75,17 @@ def _register_builtin() -> None:
         run=retrieval.run_retrieval_from_config,
         headline_metric="retrieval_score",
         check=retrieval.check_config,
+    ))
+    register_analysis(AnalysisSpec(
+        name=distance.ANALYSIS,
+        description="local vs global heads by attention span; WAAD and FAI along a reasoning response, their peaks "
+                    "and how they couple",
+        citation="Li et al. 2025, Attention Illuminates LLM Reasoning: The Preplan-and-Anchor Rhythm Enables "
+                 "Fine-Grained Policy Optimization (arXiv 2510.13554)",
+        config_model=distance.DistanceConfig,
+        run=distance.run_distance_from_config,
+        headline_metric="head_span",
+        check=distance.check_config,
     ))
 
 

@@ -11,7 +11,7 @@ For short inputs :meth:`Recorder.cache` returns the full tensors, guarded by a m
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -54,8 +54,12 @@ class Recorder:
         return hooks
 
     def run(self, dataset: TokenDataset, reducers: Mapping[str, Reducer], layers: Sequence[int] | None = None,
-            description: str = "recording") -> None:
-        """Run every example once; each reducer sees every requested layer of every batch."""
+            description: str = "recording", on_logits: Callable[[Tensor, Batch], None] | None = None) -> None:
+        """Run every example once; each reducer sees every requested layer of every batch.
+
+        ``on_logits(logits [batch, pos, vocab], batch)``, when given, receives each batch's output of
+        the same forward pass (e.g. next-token entropies), so no second pass is needed.
+        """
         if not reducers:
             raise CapabilityError("the Recorder needs at least one (site, reducer) pair")
         layers = list(range(self.model.n_layers)) if layers is None else list(layers)
@@ -67,7 +71,9 @@ class Recorder:
             for batch in tqdm(batches, total=n_batches, desc=description, disable=not self.progress,
                               unit="batch", leave=False):
                 current[:] = [batch]
-                self.model.run_with_hooks(batch, hooks)
+                logits = self.model.run_with_hooks(batch, hooks)
+                if on_logits is not None:
+                    on_logits(logits, batch)
         finally:
             current.clear()
             gc.collect()
