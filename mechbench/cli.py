@@ -125,3 +125,7 @@ def report(
     path = write_report(result_store, run or latest_run(result_store), out)
     typer.echo(f"report: {path}")
 
+
+
+if __name__ == "__main__":  # python -m mechbench.cli
+    app()
