@@ -77,3 +77,26 @@ def distinct_token_sequences() -> list[list[int]]:
         block = (torch.randperm(15, generator=generator)[:length] + 1).tolist()
         sequences.append([0, *block, *block])
     return sequences
+
+
+@pytest.fixture
+def run_notebook(monkeypatch):
+    """``run(name, store)``: execute every code cell of ``notebooks/<name>`` against the store at ``store``
+    (its ``"../mechbench-results"`` replaced) and return the figures it would show."""
+    import json
+
+    import plotly.graph_objects as go
+
+    shown: list[go.Figure] = []
+    monkeypatch.setattr(go.Figure, "show", lambda self, *a, **k: shown.append(self))
+
+    def run(name: str, store: Path) -> list[go.Figure]:
+        notebook = json.loads((Path(__file__).parents[1] / "notebooks" / name).read_text())
+        namespace: dict = {}
+        for cell in notebook["cells"]:
+            if cell["cell_type"] == "code":
+                source = "".join(cell["source"]).replace('"../mechbench-results"', repr(str(store)))
+                exec(compile(source, name, "exec"), namespace)
+        return shown
+
+    return run

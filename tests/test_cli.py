@@ -128,10 +128,8 @@ def test_show_without_store(tmp_path):
     assert_one_line_error(invoke("show", "--store", str(tmp_path / "none")), r"no result store")
 
 
-def test_sinks_notebook_runs_on_a_store(tmp_path, tiny_llama_dir, monkeypatch):
+def test_sinks_notebook_runs_on_a_store(tmp_path, tiny_llama_dir, run_notebook):
     """Every code cell of notebooks/attention_sinks.ipynb runs against a real store (figures not shown)."""
-    import plotly.graph_objects as go
-
     task = tmp_path / "task.jsonl"
     task.write_text("\n".join(json.dumps({"text": t, "label": label}) for t, label in
                               [("the cat", "small"), ("a big dog", "big"), ("the mat", "small"), ("a house", "big")]))
@@ -139,14 +137,6 @@ def test_sinks_notebook_runs_on_a_store(tmp_path, tiny_llama_dir, monkeypatch):
              "calibration_size: 2, layers: [1]}, streaming: {max_tokens: 60, start_size: 2, recent_size: 8}}")
     result = invoke("analyze", "--config", config_file(tmp_path, str(tiny_llama_dir), sinks), "--no-progress")
     assert result.exit_code == 0, result.output
-    shown: list[go.Figure] = []
-    monkeypatch.setattr(go.Figure, "show", lambda self, *a, **k: shown.append(self))
-    notebook = json.loads((__import__("pathlib").Path(__file__).parents[1] / "notebooks"
-                           / "attention_sinks.ipynb").read_text())
-    namespace: dict = {}
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "code":
-            source = "".join(cell["source"]).replace('"../mechbench-results"', repr(str(tmp_path / "store")))
-            exec(compile(source, "notebook", "exec"), namespace)
+    shown = run_notebook("attention_sinks.ipynb", tmp_path / "store")
     assert len(shown) == 8  # 2 sink plots, 2 hidden-sink plots, massive profile, 2 ACT plots, streaming
     assert all(len(figure.data) > 0 for figure in shown)

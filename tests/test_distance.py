@@ -235,12 +235,10 @@ def test_planted_heads_runner_matches_full_cache(planted):
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def test_analyze_distance_end_to_end(tmp_path, tiny_llama_dir, monkeypatch):
+def test_analyze_distance_end_to_end(tmp_path, tiny_llama_dir, run_notebook):
     """CLI run on a user transcript file, its rows, then every code cell of notebooks/waad_fai.ipynb on that store."""
     import json
-    from pathlib import Path
 
-    import plotly.graph_objects as go
     from typer.testing import CliRunner
 
     from mechbench.cli import app
@@ -271,13 +269,6 @@ def test_analyze_distance_end_to_end(tmp_path, tiny_llama_dir, monkeypatch):
     assert first["position"].iloc[0] == 8 and first["token"].tolist()[:3] == ["the", "dog", "ran"]  # <s> + 7 words
     coupling = frame[frame["metric"].str.startswith("coupling_")]
     assert len(coupling) == 3 and coupling["baseline"].notna().all()
-    shown: list[go.Figure] = []
-    monkeypatch.setattr(go.Figure, "show", lambda self, *a, **k: shown.append(self))
-    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "waad_fai.ipynb").read_text())
-    namespace: dict = {}
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "code":
-            source = "".join(cell["source"]).replace('"../mechbench-results"', repr(str(tmp_path / "store")))
-            exec(compile(source, "notebook", "exec"), namespace)
+    shown = run_notebook("waad_fai.ipynb", tmp_path / "store")
     assert len(shown) == 5  # span heatmap, WAAD, FAI, entropy along one response, coupling bars
     assert all(len(figure.data) > 0 for figure in shown)

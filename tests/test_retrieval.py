@@ -270,12 +270,9 @@ def test_builtin_needles_and_haystack():
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def test_analyze_retrieval_end_to_end(tmp_path, tiny_llama_dir, monkeypatch):
+def test_analyze_retrieval_end_to_end(tmp_path, tiny_llama_dir, run_notebook):
     """CLI run with masking, its rows, then every code cell of notebooks/retrieval_heads.ipynb on that store."""
-    import json
-    from pathlib import Path
 
-    import plotly.graph_objects as go
     from typer.testing import CliRunner
 
     from mechbench.cli import app
@@ -307,13 +304,6 @@ def test_analyze_retrieval_end_to_end(tmp_path, tiny_llama_dir, monkeypatch):
     assert masking.loc[("none", 0), "value"] == pytest.approx(n_counted / 4)  # the unmasked detection trials
     assert (masking["n_trials"] == 4).all()
     assert [len(h.split(",")) for h in masking.loc[[("top", 2), ("random", 2)], "masked_heads"]] == [2, 2]
-    shown: list[go.Figure] = []
-    monkeypatch.setattr(go.Figure, "show", lambda self, *a, **k: shown.append(self))
-    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "retrieval_heads.ipynb").read_text())
-    namespace: dict = {}
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "code":
-            source = "".join(cell["source"]).replace('"../mechbench-results"', repr(str(tmp_path / "store")))
-            exec(compile(source, "notebook", "exec"), namespace)
+    shown = run_notebook("retrieval_heads.ipynb", tmp_path / "store")
     assert len(shown) == 5  # heatmap, two NIAH grids, two masking curves
     assert all(len(figure.data) > 0 for figure in shown)

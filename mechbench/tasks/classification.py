@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -22,6 +20,7 @@ from torch import Tensor
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import PatternEdit, batch_logits
 from mechbench.errors import DatasetError
+from mechbench.tasks.files import read_source
 
 BUILTIN_SENTIMENT = "sentiment"
 SENTIMENT_TEMPLATE = "Review: {text}\nSentiment:"
@@ -55,14 +54,9 @@ def load_classification(source: str = BUILTIN_SENTIMENT, template: str = SENTIME
 
     Each prompt is ``template.format(text=...)``; every ``label`` must be one of ``labels``.
     """
-    if source == BUILTIN_SENTIMENT:
-        lines = resources.files("mechbench.data").joinpath("sentiment.jsonl").read_text().splitlines()
-        where = "the built-in sentiment set"
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise DatasetError(f"classification set {source!r} not found; give 'sentiment' or a .jsonl file")
-        lines, where = path.read_text(encoding="utf-8").splitlines(), str(path)
+    text, path = read_source(source, BUILTIN_SENTIMENT, "sentiment.jsonl",
+                             f"classification set {source!r} not found; give 'sentiment' or a .jsonl file")
+    lines, where = text.splitlines(), "the built-in sentiment set" if path is None else str(path)
     if "{text}" not in template:
         raise DatasetError(f"prompt template {template!r} has no {{text}} placeholder; add one")
     ids, prompts, gold = [], [], []

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +34,7 @@ from torch import Tensor
 
 from mechbench.core.hooked import HookedModel
 from mechbench.errors import CapabilityError, DatasetError
+from mechbench.tasks.files import read_source
 
 BUILTIN = "builtin"
 #: Tokens reserved for the template, question and answer (reference ``final_context_length_buffer``).
@@ -84,15 +83,9 @@ def grid(s: int, e: int, n: int, k: int) -> tuple[list[int], list[int]]:
 
 def load_needles(source: str = BUILTIN) -> list[Needle]:
     """Needles from ``"builtin"`` or a ``.jsonl`` file of ``{"needle", "question", "answer"[, "id"]}`` lines."""
-    if source == BUILTIN:
-        lines = resources.files("mechbench.data").joinpath("needles.jsonl").read_text().splitlines()
-        where = "the built-in needles"
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise DatasetError(f"needle file {source!r} not found; give 'builtin' or a .jsonl file of "
-                               "{needle, question, answer} objects")
-        lines, where = path.read_text(encoding="utf-8").splitlines(), str(path)
+    text, path = read_source(source, BUILTIN, "needles.jsonl", f"needle file {source!r} not found; give 'builtin' "
+                             "or a .jsonl file of {needle, question, answer} objects")
+    lines, where = text.splitlines(), "the built-in needles" if path is None else str(path)
     needles = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -113,13 +106,8 @@ def load_needles(source: str = BUILTIN) -> list[Needle]:
 
 def load_haystack(source: str = BUILTIN) -> str:
     """The haystack text: ``"builtin"`` or a plain-text file."""
-    if source == BUILTIN:
-        text = resources.files("mechbench.data").joinpath("haystack.txt").read_text()
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise DatasetError(f"haystack file {source!r} not found; give 'builtin' or a plain-text file")
-        text = path.read_text(encoding="utf-8")
+    text, _ = read_source(source, BUILTIN, "haystack.txt",
+                          f"haystack file {source!r} not found; give 'builtin' or a plain-text file")
     if "." not in text or not text.strip():
         raise DatasetError(f"haystack {source!r} is empty or has no sentence ends ('.'); give prose")
     return text

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from mechbench.core.hooked import HookedModel
 from mechbench.errors import CapabilityError, DatasetError
+from mechbench.tasks.files import read_source
 from mechbench.tasks.niah import Template, uses_chat_template
 
 BUILTIN = "builtin"
@@ -44,15 +43,10 @@ class Transcript:
 
 def _read_jsonl(source: str, fields: tuple[str, ...], what: str) -> list[dict[str, Any]]:
     """Records of a ``.jsonl`` file (or the built-in problems) with non-empty string ``fields``."""
-    if source == BUILTIN:
-        where, text = "the built-in arithmetic problems", resources.files("mechbench.data").joinpath(
-            "arithmetic.jsonl").read_text()
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file() or path.suffix != ".jsonl":
-            raise DatasetError(f"{what} file {source!r} not found or not .jsonl; give an existing .jsonl file of "
-                               f"{{{', '.join(fields)}}} lines")
-        where, text = str(path), path.read_text(encoding="utf-8")
+    text, path = read_source(source, BUILTIN, "arithmetic.jsonl",
+                             f"{what} file {source!r} not found or not .jsonl; give an existing .jsonl file of "
+                             f"{{{', '.join(fields)}}} lines", suffixes=(".jsonl",))
+    where = "the built-in arithmetic problems" if path is None else str(path)
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -8,10 +8,9 @@ sink-rate window of Gu et al. (first 64 tokens) is filled by every example.
 from __future__ import annotations
 
 import json
-from importlib import resources
-from pathlib import Path
 
 from mechbench.errors import DatasetError
+from mechbench.tasks.files import read_source
 
 BUILTIN = "builtin"
 
@@ -22,19 +21,15 @@ def load_texts(source: str = BUILTIN, limit: int | None = None) -> tuple[list[st
 
     ``limit`` keeps the first ``limit`` texts. Raises DatasetError on a missing or empty source.
     """
-    if source == BUILTIN:
-        lines = resources.files("mechbench.data").joinpath("texts.jsonl").read_text().splitlines()
-        ids, texts = _parse_jsonl(lines, "the built-in text set")
+    content, path = read_source(source, BUILTIN, "texts.jsonl",
+                                f"text set {source!r} not found; give 'builtin', a .jsonl or a .txt file")
+    if path is None:
+        ids, texts = _parse_jsonl(content.splitlines(), "the built-in text set")
+    elif path.suffix == ".jsonl":
+        ids, texts = _parse_jsonl(content.splitlines(), str(path))
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise DatasetError(f"text set {source!r} not found; give 'builtin', a .jsonl or a .txt file")
-        content = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            ids, texts = _parse_jsonl(content.splitlines(), str(path))
-        else:
-            texts = [p.strip() for p in content.split("\n\n") if p.strip()]
-            ids = [f"{path.stem}-{i}" for i in range(len(texts))]
+        texts = [p.strip() for p in content.split("\n\n") if p.strip()]
+        ids = [f"{path.stem}-{i}" for i in range(len(texts))]
     if limit is not None:
         ids, texts = ids[:limit], texts[:limit]
     if not texts:
