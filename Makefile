@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test docs lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --no-compile torch==2.13.0 uv
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]"
+	@# the report's browser test needs Debian's chromium; installed here when we may (root with apt)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "note: chromium not installed; the browser test will fail until you install Debian's chromium"
 	$(BIN)/mechbench models install smollm2-135m minilm-l6
 	touch $@
 
@@ -24,11 +28,15 @@ demo: setup
 	$(BIN)/mechbench analyze --config configs/default.yaml
 
 test: setup
-	$(BIN)/ruff check mechbench tests benchmarks
+	$(BIN)/ruff check mechbench tests benchmarks docs/hooks.py
+	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 	$(BIN)/pytest
+
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
 
 bench: setup
 	$(BIN)/python benchmarks/bench_sinks.py
 
 clean:
-	rm -rf $(VENV) mechbench-results
+	rm -rf $(VENV) mechbench-results site

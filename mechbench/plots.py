@@ -31,7 +31,8 @@ def token_table(frame: pd.DataFrame, title: str, top: int = 20) -> go.Figure:
     rows = frame.sort_values(["value", "token"], ascending=[False, True]).head(top)
     columns = [c for c in ("token", "value", "n_examples", "n_heads") if c in rows]
     figure = go.Figure(go.Table(header={"values": columns},
-                                cells={"values": [rows[c].map(repr) if c == "token" else rows[c] for c in columns]}))
+                                cells={"values": [rows[c].map(display_token) if c == "token" else rows[c]
+                                                for c in columns]}))
     figure.update_layout(title=title, height=120 + 24 * len(rows))
     return figure
 
@@ -50,7 +51,7 @@ def massive_activation_profile(frame: pd.DataFrame, title: str = "Residual-strea
 def grouped_bars(frame: pd.DataFrame, x: str, group: str, title: str, value_label: str = "value") -> go.Figure:
     """Bars of ``value`` by ``x``, one colour per ``group`` (e.g. accuracy by split and condition)."""
     figure = go.Figure([go.Bar(x=part[x], y=part["value"], name=str(name)) for name, part in frame.groupby(group)])
-    figure.update_layout(title=title, barmode="group", yaxis_title=value_label, height=360)
+    figure.update_layout(title=title, barmode="group", xaxis_title=x, yaxis_title=value_label, height=360)
     return figure
 
 
@@ -102,7 +103,7 @@ def token_profile(frame: pd.DataFrame, title: str, group: str | None = None, val
     figure = go.Figure()
     for name, part in parts:
         figure.add_trace(go.Scatter(x=part["position"], y=part["value"], mode="lines", name=str(name),
-                                    customdata=part["token"],
+                                    customdata=part["token"].map(display_token),
                                     hovertemplate="position %{x}: %{customdata}<br>%{y:.4f}<extra></extra>"))
         if "is_peak" in part:
             peaks = part[part["is_peak"].fillna(False).astype(bool)]
@@ -111,5 +112,77 @@ def token_profile(frame: pd.DataFrame, title: str, group: str | None = None, val
     ticks = ordered.drop_duplicates("position")
     figure.update_layout(title=title, yaxis_title=value_label, height=380,
                          xaxis={"title": "token", "tickmode": "array", "tickvals": ticks["position"].tolist(),
-                                "ticktext": ticks["token"].tolist(), "tickangle": -60})
+                                "ticktext": ticks["token"].map(display_token).tolist(),
+                                "tickangle": -60})
+    return figure
+
+
+def display_token(token: str) -> str:
+    """Token text for a plotly label: spaces as ``·``, newlines as ``⏎``, tabs as ``⇥`` (else invisible),
+    and ``& < >`` as entities, since plotly reads labels as (a subset of) HTML: ``<b>`` would turn
+    bold and ``<script>`` vanish; escaped, a token is shown exactly as it is."""
+    escaped = token.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return escaped.replace(" ", "·").replace("\n", "⏎").replace("\t", "⇥")
+
+
+def attention_explorer(frame: pd.DataFrame, example: str, title: str | None = None) -> go.Figure:
+    """Attention pattern of one example with a slider over every (layer, head): queries down, keys
+    across, the tokens on both axes (rows of the ``patterns`` analysis: ``layer``, ``head``,
+    ``position``, ``key_position``, ``token``, ``value``). Works offline and in notebooks; no server."""
+    rows = frame[frame["example"] == example]
+    if rows.empty:
+        raise ValueError(f"no attention rows for example {example!r}")
+    tokens = rows.drop_duplicates("position").sort_values("position")
+    labels = [display_token(str(t)) for t in tokens["token"]]
+    length = len(labels)
+    heads = rows[["layer", "head"]].drop_duplicates().sort_values(["layer", "head"])
+    grids = {}
+    for (layer, head), part in rows.groupby(["layer", "head"]):
+        grid = part.pivot(index="position", columns="key_position", values="value")
+        grid = grid.reindex(index=range(length), columns=range(length))
+        grids[(int(layer), int(head))] = grid.round(4).to_numpy()
+    keys = [(int(layer), int(head)) for layer, head in heads.itertuples(index=False)]
+    first = keys[0]
+    figure = go.Figure(go.Heatmap(
+        z=grids[first], x=list(range(length)), y=list(range(length)), zmin=0, zmax=1, colorscale="Blues",
+        colorbar={"title": "attention"}, customdata=[[(q, k) for k in labels] for q in labels],
+        hovertemplate="query %{y} %{customdata[0]}<br>key %{x} %{customdata[1]}<br>attention %{z:.4f}<extra></extra>"))
+    name = title or f"Attention of {example}"
+    steps = [{"label": f"L{layer}H{head}", "method": "update",
+              "args": [{"z": [grids[(layer, head)]]}, {"title.text": f"{name}: layer {layer}, head {head}"}]}
+             for layer, head in keys]
+    axis = {"tickmode": "array", "tickvals": list(range(length)), "ticktext": labels, "tickfont": {"size": 9}}
+    figure.update_layout(
+        title=f"{name}: layer {first[0]}, head {first[1]}", height=max(460, 16 * length + 220),
+        xaxis={**axis, "title": "key token", "tickangle": -60, "side": "top"},
+        yaxis={**axis, "title": "query token", "autorange": "reversed"},
+        sliders=[{"active": 0, "currentvalue": {"prefix": "head: "}, "steps": steps, "pad": {"t": 30}}])
+    return figure
+
+
+def depth_profile(tables: dict[str, pd.DataFrame], column: str) -> go.Figure:
+    """Mean (solid) and maximum (dashed) over heads of one head metric per layer, against relative
+    depth ``layer / (layers - 1)``, one colour per model (``tables``: model -> wide head table)."""
+    figure = go.Figure()
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    for index, (model, table) in enumerate(tables.items()):
+        per_layer = table.groupby("layer")[column].agg(["mean", "max"])
+        depth = per_layer.index / max(int(table["layer"].max()), 1)
+        colour = palette[index % len(palette)]
+        figure.add_trace(go.Scatter(x=depth, y=per_layer["mean"], mode="lines+markers", name=f"{model} mean",
+                                    line={"color": colour}))
+        figure.add_trace(go.Scatter(x=depth, y=per_layer["max"], mode="lines", name=f"{model} max",
+                                    line={"color": colour, "dash": "dash"}))
+    figure.update_layout(title=f"{column} by relative depth", xaxis_title="relative depth (layer / (layers − 1))",
+                         yaxis_title=column, height=380)
+    return figure
+
+
+def head_distribution(tables: dict[str, pd.DataFrame], column: str) -> go.Figure:
+    """Every head's value of one head metric, one box (with the heads as points) per model."""
+    figure = go.Figure([go.Box(y=table[column], name=model, boxpoints="all", jitter=0.4, pointpos=0,
+                               text=[f"L{int(a)}H{int(b)}" for a, b in zip(table["layer"], table["head"], strict=True)],
+                               hovertemplate="%{text}: %{y:.4f}<extra></extra>")
+                        for model, table in tables.items()])
+    figure.update_layout(title=f"{column}: every head", xaxis_title="model", yaxis_title=column, height=380)
     return figure

@@ -148,6 +148,11 @@ def top_heads_lines(store_path: str, analysis: str | None = None, metric: str | 
     for name, rows in frame.groupby("analysis"):
         spec = ANALYSES.get(str(name))
         chosen_metric = metric or (spec.headline_metric if spec else str(rows["metric"].iloc[0]))
+        if chosen_metric is None:
+            if analysis is not None:
+                raise StoreError(f"analysis {name!r} has no per-head ranking by default; pass --metric "
+                                 f"(metrics: {', '.join(sorted(set(rows['metric'])))})")
+            continue
         chosen_position = position if position is not None else (spec.headline_position if spec else None)
         if chosen_metric not in set(rows["metric"]):
             raise StoreError(f"metric {chosen_metric!r} not in analysis {name!r}; metrics: "
@@ -161,3 +166,16 @@ def top_heads_lines(store_path: str, analysis: str | None = None, metric: str | 
                      f"{chosen_metric}{at}")
         lines += [f"  L{int(r.layer):<3} H{int(r.head):<3} {r.value:.4f}" for r in best.itertuples()]
     return lines
+
+
+def ensure_run(store: ResultStore, analysis: str, config: str | Path, model: str | None = None,
+               progress: bool = True) -> str:
+    """Id of the latest run in ``store`` with ``analysis`` rows (of ``model``, when given); when there
+    is none, run ``analysis`` with its options in ``config`` first (what a notebook does on an empty store)."""
+    runs = [m for m in store.manifests()
+            if analysis in m.get("shards", {}) and m.get("status") == "complete"
+            and (model is None or m.get("model") == model)]
+    if runs:
+        return str(runs[-1]["run_id"])
+    plan = plan_run(Path(config), [analysis], model=model, store=str(store.root))
+    return run_plan(plan, progress=progress, write_report_file=False).run_id

@@ -81,8 +81,9 @@ def distinct_token_sequences() -> list[list[int]]:
 
 @pytest.fixture
 def run_notebook(monkeypatch):
-    """``run(name, store)``: execute every code cell of ``notebooks/<name>`` against the store at ``store``
-    (its ``"../mechbench-results"`` replaced) and return the figures it would show."""
+    """``run(name, store, replace=None)``: execute every code cell of ``notebooks/<name>`` against the store
+    at ``store`` (its ``"../mechbench-results"`` replaced, and each ``replace`` key by its value, e.g. the
+    model name) and return the figures it would show; ``run.namespace`` holds the notebook's variables."""
     import json
 
     import plotly.graph_objects as go
@@ -90,13 +91,17 @@ def run_notebook(monkeypatch):
     shown: list[go.Figure] = []
     monkeypatch.setattr(go.Figure, "show", lambda self, *a, **k: shown.append(self))
 
-    def run(name: str, store: Path) -> list[go.Figure]:
+    def run(name: str, store: Path, replace: dict[str, str] | None = None) -> list[go.Figure]:
         notebook = json.loads((Path(__file__).parents[1] / "notebooks" / name).read_text())
         namespace: dict = {}
+        substitutions = {'"../mechbench-results"': repr(str(store)), **(replace or {})}
         for cell in notebook["cells"]:
             if cell["cell_type"] == "code":
-                source = "".join(cell["source"]).replace('"../mechbench-results"', repr(str(store)))
+                source = "".join(cell["source"])
+                for old, new in substitutions.items():
+                    source = source.replace(old, new)
                 exec(compile(source, name, "exec"), namespace)
+        run.namespace = namespace  # type: ignore[attr-defined]
         return shown
 
     return run

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
+import plotly.graph_objects as go
 
 from mechbench.config import StrictModel
 from mechbench.core.hooked import HookedModel
 
 #: Names reserved by the design for analyses (some not implemented yet).
-PLANNED = ("retrieval", "sinks", "tappa", "distance", "circuits", "attribution")
+PLANNED = ("retrieval", "sinks", "tappa", "distance", "circuits", "attribution", "patterns")
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,14 @@ class AnalysisSpec:
     citation: str
     config_model: type[StrictModel]
     run: Callable[[HookedModel, StrictModel, bool], pd.DataFrame]
-    #: (metric, position) whose per-head values `mechbench show` ranks by default.
-    headline_metric: str
+    #: (metric, position) whose per-head values `mechbench show` ranks by default (None: no per-head ranking).
+    headline_metric: str | None
     headline_position: int | None = None
     #: checks the options need no model for (e.g. the dataset exists and is not empty), run before loading
     check: Callable[[StrictModel], None] | None = None
+    #: the analysis's own figures for the report and notebooks (beyond the generic per-head heatmaps);
+    #: each takes the analysis's rows of one run and returns only non-empty figures
+    figures: Callable[[pd.DataFrame], list[go.Figure]] | None = None
 
 
 ANALYSES: dict[str, AnalysisSpec] = {}
@@ -54,7 +58,8 @@ def unknown_analysis_message(name: str) -> str:
 
 
 def _register_builtin() -> None:
-    from mechbench.analyses import distance, retrieval, sinks
+    from mechbench import figures
+    from mechbench.analyses import distance, patterns, retrieval, sinks
 
     register_analysis(AnalysisSpec(
         name=sinks.ANALYSIS,
@@ -66,6 +71,7 @@ def _register_builtin() -> None:
         headline_metric="sink_score_mean",
         headline_position=0,
         check=sinks.check_config,
+        figures=figures.sinks_figures,
     ))
     register_analysis(AnalysisSpec(
         name=retrieval.ANALYSIS,
@@ -75,6 +81,7 @@ def _register_builtin() -> None:
         run=retrieval.run_retrieval_from_config,
         headline_metric="retrieval_score",
         check=retrieval.check_config,
+        figures=figures.retrieval_figures,
     ))
     register_analysis(AnalysisSpec(
         name=distance.ANALYSIS,
@@ -86,6 +93,17 @@ def _register_builtin() -> None:
         run=distance.run_distance_from_config,
         headline_metric="head_span",
         check=distance.check_config,
+        figures=figures.distance_figures,
+    ))
+    register_analysis(AnalysisSpec(
+        name=patterns.ANALYSIS,
+        description="whole attention patterns of a few short prompts, for the attention explorer",
+        citation="attention weights softmax(QK^T/sqrt(d)) as recorded at hook_pattern",
+        config_model=patterns.PatternsConfig,
+        run=patterns.run_patterns_from_config,
+        headline_metric=None,
+        check=patterns.check_config,
+        figures=figures.patterns_figures,
     ))
 
 

@@ -5,10 +5,8 @@ Definitions (``docs/metrics/sinks.md``):
 * Sink score (Gu et al. 2024, "When Attention Sink Emerges in Language Models", arXiv 2410.10781,
   ``sail-sg/Attention-Sink`` ``eval_sink_open_source.py``; the same form is ACT's detector,
   Yu et al. 2024, ``GATECH-EIC/ACT``): the mean attention key ``k`` receives from the queries that
-  can see it. For a causal pattern ``A`` of ``T`` tokens (0-indexed)::
-
-      alpha[l, h, k] = 1 / (T - k) * sum_{t=k}^{T-1} A[l, h][t, k]
-
+  can see it. For a causal pattern ``A`` of ``T`` tokens (0-indexed),
+  ``alpha[l, h, k] = 1 / (T - k) * sum_{t=k}^{T-1} A[l, h, t, k]``.
   For a bidirectional (encoder) pattern every query sees every key, so the divisor is ``T``.
 * Sink rate ``Sink_k^eps`` (Gu et al.): the percentage of (example, layer, head) triples with
   ``alpha[l, h, k] > eps``; the paper uses ``eps = 0.3`` on the first ``T = 64`` tokens.

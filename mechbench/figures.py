@@ -1,0 +1,79 @@
+"""What the report (and a notebook, in one call) shows for each analysis beyond the per-head heatmaps.
+
+Each ``<analysis>_figures(frame)`` takes the analysis's rows of one run and returns its figures,
+leaving out any whose rows the run does not have (no empty figure ever reaches the report).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from mechbench import plots
+
+
+def _metric(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    return frame[frame["metric"] == name]
+
+
+def sinks_figures(frame: pd.DataFrame) -> list[go.Figure]:
+    """Sink rate by position, hidden-sink tokens, massive activations, ACT accuracy, StreamingLLM loss."""
+    out = []
+    rate = _metric(frame, "sink_rate")
+    if not rate.empty:
+        epsilon = rate["epsilon"].iloc[0] if "epsilon" in rate else None
+        out.append(plots.position_profile(rate, f"Sink rate Sink_k (ε = {epsilon})", "% of heads"))
+    tokens = _metric(frame, "hidden_sink_token")
+    if not tokens.empty:
+        out.append(plots.token_table(tokens, "Tokens that become hidden sinks"))
+    if not _metric(frame, "massive_activation").empty:
+        out.append(plots.massive_activation_profile(frame))
+    accuracy = _metric(frame, "act_accuracy")
+    if not accuracy.empty:
+        out.append(plots.grouped_bars(accuracy, "split", "condition", "ACT: accuracy with and without calibration",
+                                      "accuracy"))
+    stream = _metric(frame, "streaming_token_nll")
+    if not stream.empty:
+        out.append(plots.rolling_lines(stream, "cache", "StreamingLLM: next-token loss (rolling mean)",
+                                       value_label="nats"))
+    return out
+
+
+def retrieval_figures(frame: pd.DataFrame) -> list[go.Figure]:
+    """Needle-in-a-haystack grids and the masking curves."""
+    out = []
+    for metric, title, label in (("niah_success", "NIAH success (ROUGE-1 recall > 0.5)", "NIAH success"),
+                                 ("rouge1_recall", "ROUGE-1 recall of the answer", "recall")):
+        if not _metric(frame, metric).empty:
+            out.append(plots.niah_grid(_metric(frame, metric), title, label))
+    for metric, title, label in (("masking_success_rate", "NIAH success with heads masked", "NIAH success"),
+                                 ("masking_rouge1_recall", "ROUGE-1 recall with heads masked", "recall")):
+        if not _metric(frame, metric).empty:
+            out.append(plots.masking_curve(_metric(frame, metric), title, label))
+    return out
+
+
+def distance_figures(frame: pd.DataFrame) -> list[go.Figure]:
+    """WAAD, FAI and entropy along the longest response; peak coupling against random positions."""
+    out = []
+    lengths = _metric(frame, "response_length")
+    if not lengths.empty:
+        example = lengths.sort_values(["value", "example"], ascending=[False, True])["example"].iloc[0]
+        rows = frame[frame["example"] == example]
+        for metric, group, label in (("waad", None, "WAAD"), ("fai", "head_set", "FAI"),
+                                     ("entropy", None, "entropy (nats)")):
+            part = _metric(rows, metric)
+            if not part.empty:
+                out.append(plots.token_profile(part, f"{label} along {example}", group=group, value_label=label))
+    coupling = frame[frame["metric"].str.startswith("coupling_")]
+    if not coupling.empty:
+        bars = pd.concat([coupling.assign(kind="peaks"),
+                          coupling.assign(kind="random positions", value=coupling["baseline"])])
+        out.append(plots.grouped_bars(bars, "metric", "kind", "Coupling at peaks vs random positions", "rate"))
+    return out
+
+
+def patterns_figures(frame: pd.DataFrame) -> list[go.Figure]:
+    """One attention explorer per example (a slider over every head)."""
+    rows = _metric(frame, "attention")
+    return [plots.attention_explorer(rows, str(example)) for example in rows["example"].drop_duplicates()]
