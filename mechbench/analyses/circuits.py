@@ -745,7 +745,9 @@ def run_circuits(model: HookedModel, tasks: Sequence[PairTokens], config: Circui
         frames.append(frame)
         circuits[pairs.name] = circuit
         classes[pairs.name] = stages
-    universe = [n.label for n in patching.model_nodes(model, mlps=config.mlps)]
+    # the nodes a circuit could have held: path patching scores heads only
+    with_mlps = config.mlps and config.circuit_method != "path_patching"
+    universe = [n.label for n in patching.model_nodes(model, mlps=with_mlps)]
     if len(circuits) > 1:
         frames.append(overlap_rows(circuits, universe, config.n_permutations, config.seed))
         shared = set.intersection(*(set(c) for c in classes.values()))
