@@ -186,3 +186,78 @@ def head_distribution(tables: dict[str, pd.DataFrame], column: str) -> go.Figure
                         for model, table in tables.items()])
     figure.update_layout(title=f"{column}: every head", xaxis_title="model", yaxis_title=column, height=380)
     return figure
+
+
+def patching_heatmap(frame: pd.DataFrame, title: str, value_label: str = "normalised effect") -> go.Figure:
+    """Layer x head heatmap of signed per-head patching scores, diverging colours centred on 0."""
+    figure = head_heatmap(frame, title, value_label)
+    figure.update_traces(colorscale="RdBu", zmid=0.0)
+    return figure
+
+
+def method_scatter(frame: pd.DataFrame, x: str, y: str, title: str) -> go.Figure:
+    """Per-node scores of two methods against each other (columns ``metric``, ``node``, ``task``, ``value``),
+    with the identity line; one colour per task."""
+    table = frame[frame["metric"].isin([x, y])].pivot_table(index=["task", "node"], columns="metric",
+                                                             values="value").dropna().reset_index()
+    figure = go.Figure([go.Scatter(x=part[x], y=part[y], mode="markers", name=str(task), text=part["node"],
+                                   hovertemplate="%{text}: %{x:.3f}, %{y:.3f}<extra></extra>")
+                        for task, part in table.groupby("task")])
+    if len(table):
+        low, high = float(table[[x, y]].min().min()), float(table[[x, y]].max().max())
+        figure.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", name="y = x",
+                                    line={"dash": "dot", "color": "grey"}))
+    figure.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=420)
+    return figure
+
+
+def _graph_position(label: str, n_heads: int, n_layers: int) -> tuple[float, float]:
+    node = label.split(".")[0]
+    if node == "input":
+        return (n_heads / 2, -1.0)
+    if node == "logits":
+        return (n_heads / 2, float(n_layers))
+    if node.startswith("MLP"):
+        return (float(n_heads), int(node[3:]) + 0.4)
+    layer, head = node[1:].split("H")
+    return (float(head), float(layer))
+
+
+def circuit_graph(frame: pd.DataFrame, title: str) -> go.Figure:
+    """The edges of a circuit (rows with ``sender``, ``receiver``, ``value``, ``in_circuit``; e.g. EAP rows),
+    nodes placed by layer (up) and head (across), line width by |score|, labels ``L1H0.k`` drawn at
+    their head with the channel in the hover text."""
+    kept = frame[frame["in_circuit"].fillna(False).astype(bool)] if "in_circuit" in frame else frame
+    labels = sorted({*kept["sender"], *(r.split(".")[0] for r in kept["receiver"])})
+    heads = [lab for lab in labels if lab.startswith("L")]
+    n_heads = 1 + max([int(lab.split("H")[1]) for lab in heads] or [0])
+    n_layers = 1 + max([int(lab[1:].split("H")[0]) for lab in heads] +
+                       [int(lab[3:]) for lab in labels if lab.startswith("MLP")] or [0])
+    position = {lab: _graph_position(lab, n_heads, n_layers) for lab in labels}
+    scale = float(kept["value"].abs().max()) if len(kept) else 1.0
+    figure = go.Figure()
+    for row in kept.itertuples():
+        (x0, y0), (x1, y1) = position[row.sender], position[row.receiver.split(".")[0]]
+        figure.add_trace(go.Scatter(
+            x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, hoverinfo="text",
+            text=f"{row.sender} → {row.receiver}: {row.value:.4f}",
+            line={"width": 1 + 6 * abs(row.value) / (scale or 1.0), "color": "firebrick" if row.value < 0 else
+                  "steelblue"}))
+    figure.add_trace(go.Scatter(x=[position[lab][0] for lab in labels], y=[position[lab][1] for lab in labels],
+                                mode="markers+text", text=labels, textposition="top center", showlegend=False,
+                                marker={"size": 12, "color": "black"}))
+    figure.update_layout(title=title, xaxis={"title": "head", "showgrid": False},
+                         yaxis={"title": "layer", "showgrid": False}, height=max(360, 60 * (n_layers + 2)))
+    return figure
+
+
+def overlap_bars(frame: pd.DataFrame, title: str) -> go.Figure:
+    """Observed overlap statistics per task pair next to their permutation baseline (columns ``task``,
+    ``metric``, ``value``, ``baseline``, ``p_value``)."""
+    figure = go.Figure()
+    labels = [f"{t}<br>{m}" for t, m in zip(frame["task"], frame["metric"], strict=True)]
+    figure.add_trace(go.Bar(x=labels, y=frame["value"], name="observed",
+                            text=[f"p={p:.3g}" for p in frame["p_value"]], textposition="outside"))
+    figure.add_trace(go.Bar(x=labels, y=frame["baseline"], name="random sets (mean)"))
+    figure.update_layout(title=title, barmode="group", yaxis_title="overlap", yaxis_range=[0, 1.15], height=400)
+    return figure

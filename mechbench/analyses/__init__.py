@@ -59,7 +59,7 @@ def unknown_analysis_message(name: str) -> str:
 
 def _register_builtin() -> None:
     from mechbench import figures
-    from mechbench.analyses import distance, patterns, retrieval, sinks
+    from mechbench.analyses import circuits, distance, patterns, retrieval, sinks
 
     register_analysis(AnalysisSpec(
         name=sinks.ANALYSIS,
@@ -104,6 +104,19 @@ def _register_builtin() -> None:
         headline_metric=None,
         check=patterns.check_config,
         figures=figures.patterns_figures,
+    ))
+    register_analysis(AnalysisSpec(
+        name=circuits.ANALYSIS,
+        description="circuit discovery on clean/corrupt pair tasks (IOI, Colored Objects): activation and "
+                    "attribution patching, direct logit attribution, path patching, EAP / EAP-IG; circuits, "
+                    "faithfulness and overlap across tasks with a permutation baseline",
+        citation="Merullo, Eickhoff, Pavlick 2024, Circuit Component Reuse Across Tasks in Transformer Language "
+                 "Models (arXiv 2310.08744); Wang et al. 2022 (arXiv 2211.00593)",
+        config_model=circuits.CircuitsConfig,
+        run=circuits.run_circuits_from_config,
+        headline_metric="act_patch_noising",
+        check=circuits.check_config,
+        figures=figures.circuits_figures,
     ))
 
 

@@ -1,0 +1,325 @@
+"""Patching machinery shared by circuit analyses: nodes, caches, replacement hooks, gradients.
+
+A *node* is an attention head (its ``hook_z`` slice, i.e. what it writes through ``W_O``) or an
+MLP (its ``hook_mlp_out``). Everything here is model plumbing over TransformerLens hook names;
+the metrics (normalisations, scores, circuits) live in :mod:`mechbench.analyses.circuits`.
+
+Activations are kept in TransformerLens layout (``z``: ``[batch, pos, head, d_head]``,
+``mlp_out``: ``[batch, pos, d_model]``); tensors are right-padded batches whose metric is read at
+each example's own end position, so pads (after the end) never matter in a causal model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mechbench.core.hooked import HookedModel
+from mechbench.errors import CapabilityError
+
+Hook = tuple[str, Callable[[Tensor, Any], Tensor | None]]
+#: ``metric(logits [batch, pos, vocab]) -> [batch]`` per-example metric (e.g. a logit difference).
+Metric = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True, order=True)
+class Node:
+    """An attention head (``kind="head"``) or an MLP block (``kind="mlp"``, ``head=-1``)."""
+
+    layer: int
+    kind: str = "head"
+    head: int = -1
+
+    @property
+    def label(self) -> str:
+        return f"L{self.layer}H{self.head}" if self.kind == "head" else f"MLP{self.layer}"
+
+    @property
+    def site(self) -> str:
+        return "z" if self.kind == "head" else "mlp_out"
+
+
+def head(layer: int, index: int) -> Node:
+    return Node(layer, "head", index)
+
+
+def mlp(layer: int) -> Node:
+    return Node(layer, "mlp", -1)
+
+
+def has_mlps(model: HookedModel) -> bool:
+    """True when the model has MLP blocks with an output hook (attention-only toys have none)."""
+    return not getattr(model.bridge.cfg, "attn_only", False) and "blocks.0.hook_mlp_out" in model.bridge.hook_dict
+
+
+def model_nodes(model: HookedModel, mlps: bool = True) -> list[Node]:
+    """Every head (layer-major) and, with ``mlps`` and when the model has them, every MLP after its layer's heads."""
+    nodes = []
+    for layer in range(model.n_layers):
+        nodes += [head(layer, h) for h in range(model.n_heads)]
+        if mlps and has_mlps(model):
+            nodes.append(mlp(layer))
+    return nodes
+
+
+def node_hook_names(model: HookedModel, nodes: Iterable[Node]) -> list[str]:
+    """The distinct hook names the nodes live at, in layer order."""
+    return sorted({model.hook_name(n.site, n.layer) for n in nodes}, key=lambda name: (int(name.split(".")[1]), name))
+
+
+# ---------------------------------------------------------------------------- forward passes
+def forward(model: HookedModel, tokens: Tensor, hooks: Sequence[Hook] = (), grad: bool = False) -> Tensor:
+    """Logits ``[batch, pos, vocab]`` of one pass with forward hooks; ``grad`` keeps the autograd graph."""
+    with torch.set_grad_enabled(grad):
+        return model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=list(hooks))
+
+
+def cache(model: HookedModel, tokens: Tensor, names: Iterable[str],
+          hooks: Sequence[Hook] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(logits, {hook name: activation})`` of one pass (no gradients), after any ``hooks`` ran."""
+    store: dict[str, Tensor] = {}
+
+    def keeper(name: str) -> Callable[[Tensor, Any], None]:
+        # keyed by the name asked for: the bridge reports aliases (hook_q) under their canonical names
+        def keep(activation: Tensor, hook: Any) -> None:
+            store[name] = activation.detach().clone()
+        return keep
+
+    logits = forward(model, tokens, [*hooks, *((name, keeper(name)) for name in names)])
+    return logits.detach(), store
+
+
+def cache_with_grads(model: HookedModel, tokens: Tensor, names: Sequence[str], metric: Metric,
+                     hooks: Sequence[Hook] = ()) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """``(metric [batch], activations, gradients of metric.sum() w.r.t. them)``: one forward + one backward.
+
+    Gradients are taken with ``torch.autograd.grad`` on the hooked activations only, so no
+    parameter ``.grad`` is accumulated.
+    """
+    saved: dict[str, Tensor] = {}
+
+    def keeper(name: str) -> Callable[[Tensor, Any], Tensor]:
+        # returned, not just read: the bridge may hand a hook a reshaped view and, when the hook returns
+        # None, go on with the original tensor, which would cut the saved view out of the graph
+        def keep(activation: Tensor, hook: Any) -> Tensor:
+            saved[name] = activation
+            return activation
+        return keep
+
+    def ensure_grad(activation: Tensor, hook: Any) -> Tensor:
+        # frozen weights or a replaced input would otherwise leave no graph to differentiate
+        return activation if activation.requires_grad else activation.detach().requires_grad_(True)
+
+    with torch.enable_grad():
+        start = [(model.hook_name("resid_pre", 0), ensure_grad)]
+        logits = forward(model, tokens, [*hooks, *start, *((name, keeper(name)) for name in names)], grad=True)
+        values = metric(logits)
+        grads = torch.autograd.grad(values.sum(), [saved[name] for name in names], allow_unused=True)
+    acts = {name: saved[name].detach() for name in names}
+    out = {name: (torch.zeros_like(acts[name]) if g is None else g.detach()) for name, g in zip(names, grads,
+                                                                                                strict=True)}
+    return values.detach(), acts, out
+
+
+# ---------------------------------------------------------------------------- replacement hooks
+def _mask(positions: Tensor | None, activation: Tensor) -> Tensor | None:
+    """``positions`` ``[batch, pos]`` bool (which positions to replace) broadcast to the activation."""
+    if positions is None:
+        return None
+    mask = positions.to(activation.device)[:, : activation.shape[1]]
+    return mask.reshape(*mask.shape, *([1] * (activation.dim() - 2)))
+
+
+def replace_hook(name: str, source: Tensor, heads: Sequence[int] | None = None,
+                 positions: Tensor | None = None) -> Hook:
+    """Forward hook setting ``activation[:, :, heads]`` (all of it when ``heads`` is None) to
+    ``source`` (same layout, or broadcastable, e.g. a mean ``[head, d]``), at ``positions`` only
+    when given (``[batch, pos]`` bool)."""
+
+    def hook(activation: Tensor, hook: Any) -> Tensor:
+        patched = activation.clone()
+        src = source.to(activation.device, activation.dtype)
+        if src.dim() == activation.dim():
+            src = src[:, : activation.shape[1]]
+        if heads is not None:
+            index = list(heads)
+            new = src[..., index, :] if src.dim() >= 2 else src
+            old = patched[:, :, index]
+        else:
+            new, old = src, patched
+        new = torch.broadcast_to(new, old.shape)
+        mask = _mask(positions, old)
+        value = new if mask is None else torch.where(mask, new, old)
+        if heads is not None:
+            patched[:, :, index] = value
+        else:
+            patched = value
+        return patched
+
+    return name, hook
+
+
+def patch_nodes_hooks(model: HookedModel, nodes: Iterable[Node], source: Mapping[str, Tensor],
+                      positions: Tensor | None = None) -> list[Hook]:
+    """Hooks replacing each node's activation by its value in ``source`` (hook name → tensor), one
+    hook per hook point (the heads of a layer share one)."""
+    by_name: dict[str, list[int]] = {}
+    for node in nodes:
+        by_name.setdefault(model.hook_name(node.site, node.layer), []).append(node.head)
+    hooks = []
+    for name, heads in by_name.items():
+        hooks.append(replace_hook(name, source[name], None if heads == [-1] else sorted(heads), positions))
+    return hooks
+
+
+def mean_activations(acts: Mapping[str, Tensor], lengths: Tensor) -> dict[str, Tensor]:
+    """Per hook point, the activation averaged over examples and their real positions (``[head, d]`` or ``[d]``).
+
+    This is the "mean" of mean ablation: a node replaced by it carries the dataset's average
+    output and no example-specific information.
+    """
+    means = {}
+    for name, value in acts.items():
+        valid = (torch.arange(value.shape[1])[None, :] < lengths[:, None]).to(value.dtype)
+        weights = valid.reshape(*valid.shape, *([1] * (value.dim() - 2)))
+        means[name] = (value * weights).sum((0, 1)) / weights.sum()
+    return means
+
+
+# ---------------------------------------------------------------------------- weights
+def head_output_weights(model: HookedModel, layer: int) -> Tensor:
+    """``W_O`` of a layer as ``[head, d_head, d_model]`` (query-head index)."""
+    w_o = model.bridge.blocks[layer].attn.W_O
+    if w_o.dim() != 3:
+        raise CapabilityError(f"{model.name}: cannot read per-head W_O of layer {layer} (shape {tuple(w_o.shape)})")
+    return w_o.detach()
+
+
+def head_results(model: HookedModel, z: Tensor, layer: int) -> Tensor:
+    """What each head writes to the residual stream: ``z[b, p, h] @ W_O[h]`` → ``[batch, pos, head, d_model]``."""
+    return torch.einsum("bphd,hdm->bphm", z, head_output_weights(model, layer).to(z.dtype))
+
+
+def kv_group(model: HookedModel) -> int:
+    """Query heads per KV head (1 without GQA)."""
+    return model.n_heads // model.architecture.n_kv_heads
+
+
+# ---------------------------------------------------------------------------- reader-input gradients
+def supports_split_inputs(model: HookedModel) -> bool:
+    """Whether the bridge can give each head its own copy of the residual input (``hook_q_input`` ...)."""
+    try:
+        model.bridge.set_use_split_qkv_input(True)
+    except (ValueError, RuntimeError, NotImplementedError):  # the bridge names its attention class
+        return False
+    model.bridge.set_use_split_qkv_input(False)
+    return True
+
+
+def _final_reader(model: HookedModel) -> str:
+    return "ln_final.hook_in" if "ln_final.hook_in" in model.bridge.hook_dict else \
+        model.hook_name("resid_post", model.n_layers - 1)
+
+
+def _mlp_reader(model: HookedModel, layer: int, split: bool) -> str:
+    return f"blocks.{layer}.hook_mlp_in" if split else f"blocks.{layer}.ln2.hook_in"
+
+
+def reader_gradients(model: HookedModel, tokens: Tensor, metric: Metric, hooks: Sequence[Hook] = (),
+                     mlps: bool = True) -> Tensor:
+    """Gradient of ``metric(logits).sum()`` w.r.t. each *reader's own input* ``[batch, pos, reader, d_model]``.
+
+    Readers, in order: per layer each head's q, k, v input (``head * 3 + channel``), the MLP input
+    (with ``mlps`` and when the model has MLPs), then the final residual (the logits' input). A
+    reader's input is the residual stream as only that reader sees it, so its gradient carries no
+    effect through other components (Syed et al. 2023; EAP-IG's split q/k/v inputs).
+
+    With bridges that support per-head inputs (``set_use_split_qkv_input``) the gradients are read
+    at ``hook_{q,k,v}_input`` and ``hook_mlp_in``; otherwise (TransformerLens-native toy bridges)
+    each head's input gradient is ``J_ln1^T (∂m/∂q_h W_Q[h]^T)`` (likewise for k, v), the layer
+    norm's vector-Jacobian product taken by autograd from ``ln1.hook_in`` to ``ln1.hook_out``, and
+    the MLP's at ``ln2.hook_in``. Under GQA a KV head's input gradient is split equally among the
+    query heads of its group.
+    """
+    n_heads = model.n_heads
+    with_mlps = mlps and has_mlps(model)
+    split = supports_split_inputs(model)
+    names: list[str] = []
+    per_layer: list[dict[str, str]] = []
+    for layer in range(model.n_layers):
+        entry = {}
+        if split:
+            entry.update({c: f"blocks.{layer}.hook_{c}_input" for c in ("q", "k", "v")})
+        else:
+            entry.update({c: model.hook_name(c, layer) for c in ("q", "k", "v")})
+            ln_in, ln_out = f"blocks.{layer}.ln1.hook_in", f"blocks.{layer}.ln1.hook_out"
+            if ln_in in model.bridge.hook_dict and ln_out in model.bridge.hook_dict:
+                entry.update(ln_in=ln_in, ln_out=ln_out)
+        if with_mlps:
+            entry["mlp"] = _mlp_reader(model, layer, split)
+        per_layer.append(entry)
+        names += list(entry.values())
+    final = _final_reader(model)
+    names.append(final)
+    saved: dict[str, Tensor] = {}
+
+    def keeper(name: str) -> Callable[[Tensor, Any], Tensor]:
+        # returned, not just read: the bridge may hand a hook a reshaped view and, when the hook returns
+        # None, go on with the original tensor, which would cut the saved view out of the graph
+        def keep(activation: Tensor, hook: Any) -> Tensor:
+            saved[name] = activation
+            return activation
+        return keep
+
+    def ensure_grad(activation: Tensor, hook: Any) -> Tensor:
+        return activation if activation.requires_grad else activation.detach().requires_grad_(True)
+
+    try:
+        if split:
+            model.bridge.set_use_split_qkv_input(True)
+            if with_mlps:
+                model.bridge.set_use_hook_mlp_in(True)
+        with torch.enable_grad():
+            start = [(model.hook_name("resid_pre", 0), ensure_grad)]
+            logits = forward(model, tokens, [*hooks, *start, *((n, keeper(n)) for n in dict.fromkeys(names))],
+                             grad=True)
+            targets = [saved[e[c]] for e in per_layer for c in ("q", "k", "v")]
+            targets += [saved[e["mlp"]] for e in per_layer if "mlp" in e] + [saved[final]]
+            grads = list(torch.autograd.grad(metric(logits).sum(), targets, retain_graph=not split,
+                                             allow_unused=True))
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads, strict=True)]
+            qkv, rest = grads[:3 * model.n_layers], grads[3 * model.n_layers:]
+            parts = []
+            for layer, entry in enumerate(per_layer):
+                channels = []
+                for c_index, channel in enumerate(("q", "k", "v")):
+                    g = qkv[3 * layer + c_index].detach()
+                    group = n_heads // g.shape[2]
+                    if not split:  # back through W_{Q,K,V} and the layer norm, head by head
+                        weight = getattr(model.bridge.blocks[layer].attn, f"W_{channel.upper()}").detach()
+                        per_head = []
+                        for h in range(g.shape[2]):
+                            w = weight[h] if weight.shape[0] == g.shape[2] else weight[h * group]
+                            y = g[:, :, h] @ w.T.to(g.dtype)
+                            if "ln_in" in entry:
+                                y = torch.autograd.grad(saved[entry["ln_out"]], saved[entry["ln_in"]], y,
+                                                        retain_graph=True)[0]
+                            per_head.append(y)
+                        g = torch.stack(per_head, dim=2)
+                    if group > 1:
+                        g = g.repeat_interleave(group, dim=2) / group
+                    channels.append(g.detach())
+                parts.append(torch.stack(channels, dim=3).flatten(2, 3))
+                if "mlp" in entry:
+                    parts.append(rest.pop(0).detach()[:, :, None])
+            parts.append(rest.pop(0).detach()[:, :, None])
+    finally:
+        if split:
+            model.bridge.set_use_split_qkv_input(False)
+            if with_mlps:
+                model.bridge.set_use_hook_mlp_in(False)
+    return torch.cat(parts, dim=2)
