@@ -54,7 +54,7 @@ def unknown_analysis_message(name: str) -> str:
 
 
 def _register_builtin() -> None:
-    from mechbench.analyses import distance, retrieval, sinks
+    from mechbench.analyses import attribution, distance, retrieval, sinks
 
     register_analysis(AnalysisSpec(
         name=sinks.ANALYSIS,
@@ -86,6 +86,18 @@ def _register_builtin() -> None:
         run=distance.run_distance_from_config,
         headline_metric="head_span",
         check=distance.check_config,
+    ))
+    register_analysis(AnalysisSpec(
+        name=attribution.ANALYSIS,
+        description="attention vs input attribution: saliency, input x gradient, integrated gradients and occlusion "
+                    "against per-head / per-layer / all-layer / rollout attention (correlations, top-k overlap, "
+                    "deletion and insertion curves), and grounding shares on cited passages",
+        citation="Papi et al. 2025, Cross-Attention is Half Explanation in Speech-to-Text Models (arXiv 2509.18010); "
+                 "Pandya 2026, XKD-Dial (arXiv 2603.18911); Sundararajan et al. 2017 (integrated gradients)",
+        config_model=attribution.AttributionConfig,
+        run=attribution.run_attribution_from_config,
+        headline_metric="pearson",
+        check=attribution.check_config,
     ))
 
 
