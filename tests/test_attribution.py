@@ -52,15 +52,15 @@ from mechbench.errors import ConfigError, DatasetError
 from mechbench.models.toy import PLANTED_HEADS, PLANTED_VOCAB
 from mechbench.tasks.grounding import GroundedItem, load_grounded, load_target_prompts
 
-#: IG completeness tolerance on the tiny Llama with 32 Gauss-Legendre points (measured error is ~1e-5)
-IG_TOLERANCE = 1e-3
+#: IG completeness tolerance on toy-planted with 32 Gauss-Legendre points (measured |delta| ~ 5e-7)
+IG_TOLERANCE = 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- agreement
 def test_correlations_match_numpy_and_pandas():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(5, 17, generator=generator, dtype=torch.float64)
-    y = torch.randn(17, generator=generator, dtype=torch.float64) + 0.5 * x
+    y = torch.randn(17, generator=generator, dtype=torch.float64) + 0.5 * x[0]
     x[2, 3:7] = 1.0  # ties
     x[3] = torch.round(x[3])
     ours_p, ours_s = pearson(x, y), spearman(x, y)
@@ -150,7 +150,9 @@ def test_integrated_gradients_completeness_and_methods(tiny_llama):
         with torch.no_grad():
             gap = value - forward(baseline)
         assert torch.allclose(delta, scores.sum(-1) - gap, atol=1e-5)  # captum's delta is the completeness error
-        assert delta.abs().max() < IG_TOLERANCE and gap.abs().min() > 0.01
+        assert gap.abs().min() > 0.01
+        # a random-init Llama (RMSNorm) is far from linear along the path: 32 points leave |delta| ~ 0.03-0.07
+        # (measured); the toy-planted test below holds the tolerance
         assert (scores[1, 6:] == 0).all()
         coarse = integrated_gradients(forward, embeddings, baseline, n_steps=2)[1]
         assert coarse.abs().max() > delta.abs().max()  # fewer steps, larger error
@@ -161,6 +163,22 @@ def test_integrated_gradients_completeness_and_methods(tiny_llama):
         (grad,) = torch.autograd.grad(forward(embeddings).sum(), embeddings)
         assert torch.allclose(gradient, grad.norm(dim=-1), atol=1e-6)
         assert torch.allclose(ixg, (grad * embeddings).sum(-1), atol=1e-6)
+
+
+def test_integrated_gradients_completeness_on_planted(planted):
+    """IG completeness on toy-planted (no normalisation; 32 Gauss-Legendre points): |delta| < IG_TOLERANCE."""
+    tokens = torch.tensor([[0, 3, 5, 7, 9, 3, 5, 7]])  # row 6 (the second 5): the induction head copies the 7
+    target = Target((7,), (7,))
+    with frozen_parameters(planted):
+        embeddings = token_embeddings(planted, tokens)
+        forward = embedding_forward(planted, tokens, [target])
+        scores, delta = integrated_gradients(forward, embeddings, torch.zeros_like(embeddings), n_steps=32)
+        with torch.no_grad():
+            gap = forward(embeddings) - forward(torch.zeros_like(embeddings))
+    assert abs(float(gap)) > 0.1
+    assert abs(float(delta)) < IG_TOLERANCE
+    assert float(scores.sum()) == pytest.approx(float(gap), abs=IG_TOLERANCE)
+    assert float(scores[0, -1]) == 0.0  # the target token itself is unseen
 
 
 def test_occluding_a_token_the_target_cannot_see_has_zero_effect(tiny_llama):
@@ -227,7 +245,13 @@ def test_runner_rows_on_tiny_llama(tiny_llama):
     n_layers, n_heads = 2, 4
     values = frame[frame["metric"] == "target_value"].set_index("example")["value"]
     errors = frame[frame["metric"] == "ig_completeness_error"].set_index("example")["value"]
-    assert (errors < IG_TOLERANCE).all() and len(errors) == 3
+    assert len(errors) == 3 and errors.notna().all()
+    ig = frame[(frame["metric"] == "attribution") & (frame["method"] == "integrated_gradients")]
+    reported = frame[frame["metric"] == "ig_completeness_error"].set_index("example")
+    for example, rows in ig.groupby("example"):  # the row is |sum IG - (f(x) - f(b))| with the stored f values
+        gap = reported.loc[example, "f_input"] - reported.loc[example, "f_baseline"]
+        assert reported.loc[example, "value"] == pytest.approx(abs(rows["value"].sum() - gap), abs=1e-4)
+        assert reported.loc[example, "f_input"] == pytest.approx(values[example])
     attribution = frame[frame["metric"] == "attribution"]
     assert attribution.groupby("example").size().to_dict() == {e.id: 4 * e.tokens.numel() for e in examples}
     last = attribution[attribution["position"] == 10]  # "cat": <s> + 9 words, then the target token, unseen
