@@ -768,8 +768,8 @@ class AttributionConfig(StrictModel):
     ig_method: Literal["gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"] = (
         Field("gausslegendre", description="captum quadrature rule of integrated gradients"))
     ig_baseline: Literal["zero", "pad", "mean"] = Field("pad", description="IG baseline at every position: the pad "
-                                                        "token's embedding, the zero embedding (ill-conditioned under "
-                                                        "RMSNorm/LayerNorm), or the mean embedding")
+                                                        "token's embedding, the zero embedding (larger completeness "
+                                                        "error measured on a tiny Llama), or the mean embedding")
     internal_batch_size: PositiveInt | None = Field(16, description="rows per forward pass of IG, passage occlusion "
                                                     "and the curves (memory bound)")
     replacement: Replacement = Field("pad", description="occlusion and deletion curves: replace a token's embedding "
