@@ -261,3 +261,63 @@ def overlap_bars(frame: pd.DataFrame, title: str) -> go.Figure:
     figure.add_trace(go.Bar(x=labels, y=frame["baseline"], name="random sets (mean)"))
     figure.update_layout(title=title, barmode="group", yaxis_title="overlap", yaxis_range=[0, 1.15], height=400)
     return figure
+
+
+# ---------------------------------------------------------------------------- attribution (issue 8)
+def token_heatmap(frame: pd.DataFrame, title: str, row: str = "method") -> go.Figure:
+    """Tokens of one example along x, one row per ``row`` value (e.g. method / view), colour = ``value``
+    scaled to ``[-1, 1]`` per row by its largest ``|value|`` (columns ``position``, ``token``, ``value``, ``row``)."""
+    grid = frame.pivot_table(index=row, columns="position", values="value", aggfunc="mean")
+    scaled = grid.div(grid.abs().max(axis=1).replace(0, 1), axis=0)
+    tokens = frame.drop_duplicates("position").set_index("position")["token"].reindex(grid.columns)
+    figure = go.Figure(go.Heatmap(
+        z=scaled.to_numpy(), x=[f"{p}:{t}" for p, t in zip(grid.columns, tokens, strict=True)],
+        y=[str(r) for r in grid.index], customdata=grid.to_numpy(), colorscale="RdBu", zmid=0, zmin=-1, zmax=1,
+        colorbar={"title": "value / max|value|"},
+        hovertemplate="%{y} at %{x}<br>value %{customdata:.4g}<extra></extra>"))
+    figure.update_layout(title=title, xaxis={"tickangle": -60}, height=max(260, 40 * len(grid.index) + 180))
+    return figure
+
+
+def attention_scatter(attention: pd.DataFrame, attribution: pd.DataFrame, title: str,
+                      absolute: bool = True) -> go.Figure:
+    """Attention (x) against attribution (y) per token, one point per (example, position), coloured by example.
+
+    Both frames have ``example``, ``position``, ``value`` (one view, one method); ``absolute`` plots ``|attribution|``.
+    """
+    merged = attention.merge(attribution, on=["example", "position"], suffixes=("_attention", "_attribution"))
+    if absolute:
+        merged["value_attribution"] = merged["value_attribution"].abs()
+    figure = go.Figure([go.Scatter(x=part["value_attention"], y=part["value_attribution"], mode="markers",
+                                   name=str(example), text=part.get("token_attention"),
+                                   hovertemplate="%{text}<br>attention %{x:.4f}<br>attribution %{y:.4g}<extra></extra>")
+                        for example, part in merged.groupby("example")])
+    figure.update_layout(title=title, xaxis_title="attention", yaxis_title=("|attribution|" if absolute
+                                                                            else "attribution"), height=420)
+    return figure
+
+
+def correlation_table(frame: pd.DataFrame, title: str, value_label: str = "mean Pearson r") -> go.Figure:
+    """Mean (± sd over examples) of a per-example agreement metric, one row per ``view`` (aggregation level)
+    and one column per ``method``, as in Papi et al. 2025's tables."""
+    stats = frame.groupby(["view", "method"])["value"].agg(["mean", "std"]).reset_index()
+    cells = stats.assign(text=[f"{m:.3f} ± {s:.3f}" if pd.notna(s) else f"{m:.3f}"
+                               for m, s in zip(stats["mean"], stats["std"], strict=True)])
+    table = cells.pivot(index="view", columns="method", values="text")
+    figure = go.Figure(go.Table(header={"values": ["view", *table.columns]},
+                                cells={"values": [table.index.tolist(), *[table[c].tolist() for c in table.columns]]}))
+    figure.update_layout(title=f"{title} ({value_label})", height=140 + 28 * len(table))
+    return figure
+
+
+def perturbation_curves(frame: pd.DataFrame, title: str, value_label: str = "target") -> go.Figure:
+    """Deletion or insertion curves: mean ``value`` over examples against ``fraction``, one line per ``ranking``
+    (the random-order baseline dashed)."""
+    figure = go.Figure()
+    for ranking, part in frame.groupby("ranking"):
+        mean = part.groupby("step").agg(fraction=("fraction", "mean"), value=("value", "mean"))
+        figure.add_trace(go.Scatter(x=mean["fraction"], y=mean["value"], mode="lines+markers", name=str(ranking),
+                                    line={"dash": "dash"} if ranking == "random" else None))
+    figure.update_layout(title=title, xaxis_title="fraction of prompt tokens removed / inserted",
+                         yaxis_title=value_label, height=380)
+    return figure

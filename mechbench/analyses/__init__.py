@@ -59,7 +59,7 @@ def unknown_analysis_message(name: str) -> str:
 
 def _register_builtin() -> None:
     from mechbench import figures
-    from mechbench.analyses import circuits, distance, patterns, retrieval, sinks
+    from mechbench.analyses import attribution, circuits, distance, patterns, retrieval, sinks
 
     register_analysis(AnalysisSpec(
         name=sinks.ANALYSIS,
@@ -117,6 +117,19 @@ def _register_builtin() -> None:
         headline_metric="act_patch_noising",
         check=circuits.check_config,
         figures=figures.circuits_figures,
+    ))
+    register_analysis(AnalysisSpec(
+        name=attribution.ANALYSIS,
+        description="attention vs input attribution: saliency, input x gradient, integrated gradients and occlusion "
+                    "against per-head / per-layer / all-layer / rollout attention (correlations, top-k overlap, "
+                    "deletion and insertion curves), and grounding shares on cited passages",
+        citation="Papi et al. 2025, Cross-Attention is Half Explanation in Speech-to-Text Models (arXiv 2509.18010); "
+                 "Pandya 2026, XKD-Dial (arXiv 2603.18911); Sundararajan et al. 2017 (integrated gradients)",
+        config_model=attribution.AttributionConfig,
+        run=attribution.run_attribution_from_config,
+        headline_metric="pearson",
+        check=attribution.check_config,
+        figures=figures.attribution_figures,
     ))
 
 
