@@ -120,8 +120,8 @@ def test_malformed_config_is_one_line(tmp_path):
 
 
 def test_unknown_analysis_on_the_command_line(tmp_path):
-    assert_one_line_error(invoke("analyze", "tappa", "--config", config_file(tmp_path, "toy-planted")),
-                          r"'tappa' is planned but not implemented")
+    assert_one_line_error(invoke("analyze", "circuits", "--config", config_file(tmp_path, "toy-planted")),
+                          r"'circuits' is planned but not implemented")
 
 
 def test_show_without_store(tmp_path):

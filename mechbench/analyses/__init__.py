@@ -54,7 +54,7 @@ def unknown_analysis_message(name: str) -> str:
 
 
 def _register_builtin() -> None:
-    from mechbench.analyses import distance, retrieval, sinks
+    from mechbench.analyses import distance, retrieval, sinks, tappa
 
     register_analysis(AnalysisSpec(
         name=sinks.ANALYSIS,
@@ -86,6 +86,17 @@ def _register_builtin() -> None:
         run=distance.run_distance_from_config,
         headline_metric="head_span",
         check=distance.check_config,
+    ))
+    register_analysis(AnalysisSpec(
+        name=tappa.ANALYSIS,
+        description="TAPPA query self-similarity per head and layer, pattern types and their relation to it, RoPE "
+                    "frequency bands, and q-sim-driven KV budgets and layer pruning scored by loss",
+        citation="Yang et al. 2026, Why Attention Patterns Exist: A Unifying Temporal Perspective Analysis "
+                 "(ICLR 2026, arXiv 2601.21709)",
+        config_model=tappa.TappaConfig,
+        run=tappa.run_tappa_from_config,
+        headline_metric="q_similarity",
+        check=tappa.check_config,
     ))
 
 
