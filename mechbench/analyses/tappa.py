@@ -663,8 +663,10 @@ def kv_budget_rows(model: HookedModel, dataset: TokenDataset, kv_qsim: Tensor, c
     """Continuation loss with a full cache, and with uniform vs TAPPA layer budgets for each mean budget.
 
     ``kv_qsim``: ``[example, layer, head]`` (the ``kv`` variant, measured on the same prompt, as the
-    reference does online). Rows ``kv_budget`` (per layer and policy, mean over examples) and
-    ``kv_eviction_nll`` (mean next-token loss over the continuation targets, per policy and budget).
+    reference does online). TAPPA budgets are capped at the prompt length (a layer cannot keep more
+    tokens than there are), the excess going to the other layers. Rows ``kv_budget`` (per layer and
+    policy, mean over examples) and ``kv_eviction_nll`` (mean next-token loss over the continuation
+    targets, per policy and budget).
     """
     prompts = [max(1, int(n * config.kv_prompt_fraction)) for n in dataset.lengths]
     keep = [i for i, (p, n) in enumerate(zip(prompts, dataset.lengths, strict=True)) if n - p >= 2]
@@ -688,7 +690,8 @@ def kv_budget_rows(model: HookedModel, dataset: TokenDataset, kv_qsim: Tensor, c
             if policy == "uniform":
                 budgets = torch.full((len(data), model.n_layers), budget, dtype=torch.long)
             else:
-                budgets = torch.stack([layer_budgets(layer_qsim[i], budget, min_budget=config.kv_window)
+                budgets = torch.stack([layer_budgets(layer_qsim[i], budget, min_budget=config.kv_window,
+                                                     max_budget=prompts[i] if prompts[i] >= budget else None)
                                        for i in range(len(data))])
             edits = eviction_edit(prompts, budgets, config.kv_window, config.kv_kernel, config.kv_gamma, group)
             value, n_tokens = continuation_nll(edits)
