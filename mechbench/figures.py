@@ -137,3 +137,31 @@ def attribution_figures(frame: pd.DataFrame) -> list[go.Figure]:
                           .rename(columns={"length_share": "value"}).assign(kind="length share (chance)")])
         out.append(plots.grouped_bars(bars, "source", "kind", "Share on the cited passage", "mean share"))
     return out
+
+
+def tappa_figures(frame: pd.DataFrame) -> list[go.Figure]:
+    """q-sim per layer, q-sim vs predictability per head, KV budgets and pruning curves."""
+    out = []
+    layers = frame[frame["metric"].isin(["q_similarity", "q_similarity_prune"]) & frame["head"].isna()]
+    if not layers.empty:
+        out.append(plots.line_plot(layers, "layer", "q-similarity per layer", group="variant", value_label="q_sim"))
+    heads = frame[(frame["metric"] == "q_similarity") & frame["head"].notna()]
+    predictability = _metric(frame, "predictability")
+    if not heads.empty and not predictability.empty:
+        wide = heads.rename(columns={"value": "q_sim"})[["layer", "head", "q_sim"]].merge(
+            predictability[["layer", "head", "value", "pattern_type"]].rename(columns={"value": "predictability"}),
+            on=["layer", "head"])
+        out.append(plots.head_scatter(wide, "q_sim", "predictability", "q-sim vs pattern predictability, per head",
+                                      color="pattern_type"))
+    budgets = _metric(frame, "kv_budget")
+    if not budgets.empty:
+        budgets = budgets.assign(policy=budgets["policy"] + " @ " + budgets["budget"].astype(str))
+        out.append(plots.line_plot(budgets, "layer", "KV budget per layer", group="policy",
+                                   value_label="kept tokens"))
+    prune = _metric(frame, "prune_nll")
+    if not prune.empty:
+        base = prune[prune["method"] == "none"]
+        curves = pd.concat([prune[prune["method"] != "none"], base.assign(method="bi"), base.assign(method="tappa")])
+        out.append(plots.line_plot(curves, "k", "Held-out loss after removing k layers", group="method",
+                                   x_label="layers removed", value_label="next-token loss (nats)"))
+    return out

@@ -321,3 +321,30 @@ def perturbation_curves(frame: pd.DataFrame, title: str, value_label: str = "tar
     figure.update_layout(title=title, xaxis_title="fraction of prompt tokens removed / inserted",
                          yaxis_title=value_label, height=380)
     return figure
+
+
+def line_plot(frame: pd.DataFrame, x: str, title: str, group: str | None = None, x_label: str | None = None,
+              value_label: str = "value") -> go.Figure:
+    """``value`` against column ``x`` (e.g. ``layer``, ``k``), one line per ``group`` value (mean over any
+    other rows with the same ``x``)."""
+    parts = frame.groupby(group, sort=True) if group is not None else [(value_label, frame)]
+    figure = go.Figure()
+    for name, part in parts:
+        line = part.groupby(x)["value"].mean().sort_index()
+        figure.add_trace(go.Scatter(x=line.index, y=line.to_numpy(), mode="lines+markers", name=str(name)))
+    figure.update_layout(title=title, xaxis_title=x_label or x, yaxis_title=value_label, height=360,
+                         showlegend=group is not None)
+    return figure
+
+
+def head_scatter(frame: pd.DataFrame, x: str, y: str, title: str, color: str | None = None) -> go.Figure:
+    """One point per head of a wide frame (columns ``layer``, ``head``, ``x``, ``y``), coloured by the
+    category ``color``; hover shows the head."""
+    parts = frame.groupby(color, sort=True) if color is not None else [("heads", frame)]
+    figure = go.Figure()
+    for name, part in parts:
+        labels = [f"L{int(la)} H{int(h)}" for la, h in zip(part["layer"], part["head"], strict=True)]
+        figure.add_trace(go.Scatter(x=part[x], y=part[y], mode="markers", name=str(name), text=labels,
+                                    hovertemplate="%{text}<br>" + x + " %{x:.3f}<br>" + y + " %{y:.3f}<extra></extra>"))
+    figure.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=400)
+    return figure

@@ -15,9 +15,6 @@ import plotly.graph_objects as go
 from mechbench.config import StrictModel
 from mechbench.core.hooked import HookedModel
 
-#: Names reserved by the design for analyses (some not implemented yet).
-PLANNED = ("retrieval", "sinks", "tappa", "distance", "circuits", "attribution", "patterns")
-
 
 @dataclass(frozen=True)
 class AnalysisSpec:
@@ -51,15 +48,12 @@ def register_analysis(spec: AnalysisSpec) -> AnalysisSpec:
 
 def unknown_analysis_message(name: str) -> str:
     """The one-line explanation for an analysis name that is not registered."""
-    available = ", ".join(sorted(ANALYSES))
-    if name in PLANNED:
-        return f"analysis {name!r} is planned but not implemented in this version; available: {available}"
-    return f"unknown analysis {name!r}; available: {available}"
+    return f"unknown analysis {name!r}; available: {', '.join(sorted(ANALYSES))}"
 
 
 def _register_builtin() -> None:
     from mechbench import figures
-    from mechbench.analyses import attribution, circuits, distance, patterns, retrieval, sinks
+    from mechbench.analyses import attribution, circuits, distance, patterns, retrieval, sinks, tappa
 
     register_analysis(AnalysisSpec(
         name=sinks.ANALYSIS,
@@ -130,6 +124,18 @@ def _register_builtin() -> None:
         headline_metric="pearson",
         check=attribution.check_config,
         figures=figures.attribution_figures,
+    ))
+    register_analysis(AnalysisSpec(
+        name=tappa.ANALYSIS,
+        description="TAPPA query self-similarity per head and layer, pattern types and their relation to it, RoPE "
+                    "frequency bands, and q-sim-driven KV budgets and layer pruning scored by loss",
+        citation="Yang et al. 2026, Why Attention Patterns Exist: A Unifying Temporal Perspective Analysis "
+                 "(ICLR 2026, arXiv 2601.21709)",
+        config_model=tappa.TappaConfig,
+        run=tappa.run_tappa_from_config,
+        headline_metric="q_similarity",
+        check=tappa.check_config,
+        figures=figures.tappa_figures,
     ))
 
 

@@ -42,10 +42,10 @@ from mechbench.core.dataset import TokenDataset
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import (
     PatternEdit,
-    batch_logits,
     calibrate_attention,
     renormalise_to_keys,
     start_recent_keys,
+    text_nll,
 )
 from mechbench.core.recorder import Batch, Recorder
 from mechbench.core.tidy import to_tidy
@@ -342,18 +342,6 @@ def _mean_margin(logprobs: Tensor, gold: list[int]) -> float:
     others = logprobs.clone()
     others[torch.arange(len(gold)), gold_index] = float("-inf")
     return float((gold_lp - others.max(-1).values).mean())
-
-
-def text_nll(model: HookedModel, dataset: TokenDataset, batch_size: int = 4,
-             edits: dict[int, PatternEdit] | None = None) -> Tensor:
-    """Per-token next-token negative log-likelihood ``[example, position]`` (NaN where no target)."""
-    out = torch.full((len(dataset), dataset.max_length), float("nan"), dtype=torch.float64)
-    for batch, logits in batch_logits(model, dataset, batch_size, edits):
-        logprobs = logits[:, :-1].double().log_softmax(-1).cpu()
-        nll = -logprobs.gather(-1, batch.tokens[:, 1:, None])[..., 0]
-        for row, (index, length) in enumerate(zip(batch.indices.tolist(), batch.lengths.tolist(), strict=True)):
-            out[index, : length - 1] = nll[row, : length - 1]
-    return out
 
 
 def run_calibration(model: HookedModel, task: ClassificationTask, config: CalibrationConfig,

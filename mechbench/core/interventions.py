@@ -4,7 +4,8 @@ An edit is a function ``(pattern [batch, head, query, key], batch) -> edited pat
 returned by :func:`pattern_edit_hooks` apply one edit per layer through the TransformerLens
 ``hook_pattern`` point (the edited pattern is the one the model uses). Analyses build edits from
 the pure functions here (ACT calibration, key masks) and score the edited model with
-:func:`batch_logits`.
+:func:`batch_logits` / :func:`text_nll`. :func:`skip_layers_hooks` removes whole layers (a layer's
+output is replaced by its input), for layer-pruning studies.
 """
 
 from __future__ import annotations
@@ -36,13 +37,47 @@ def pattern_edit_hooks(model: HookedModel, edits: Mapping[int, PatternEdit],
 
 
 def batch_logits(model: HookedModel, dataset: TokenDataset, batch_size: int,
-                 edits: Mapping[int, PatternEdit] | None = None) -> Iterator[tuple[Batch, Tensor]]:
-    """Yield ``(batch, logits [batch, pos, vocab])`` for every batch, with the pattern edits applied."""
+                 edits: Mapping[int, PatternEdit] | None = None,
+                 hooks: Sequence[tuple[str, Any]] = ()) -> Iterator[tuple[Batch, Tensor]]:
+    """Yield ``(batch, logits [batch, pos, vocab])`` for every batch, with the pattern edits and any
+    extra forward ``hooks`` (e.g. :func:`skip_layers_hooks`) applied."""
     current: list[Batch] = []
-    hooks = pattern_edit_hooks(model, edits or {}, current)
+    hooks = [*pattern_edit_hooks(model, edits or {}, current), *hooks]
     for batch in iter_batches(dataset, batch_size, pad_id=model.pad_id):
         current[:] = [batch]
         yield batch, model.run_with_hooks(batch, hooks)
+
+
+def text_nll(model: HookedModel, dataset: TokenDataset, batch_size: int = 4,
+             edits: Mapping[int, PatternEdit] | None = None, hooks: Sequence[tuple[str, Any]] = ()) -> Tensor:
+    """Per-token next-token negative log-likelihood ``[example, position]`` (NaN where no target):
+    entry ``[e, t]`` is the loss of predicting token ``t + 1`` from the logits at ``t``."""
+    out = torch.full((len(dataset), dataset.max_length), float("nan"), dtype=torch.float64)
+    for batch, logits in batch_logits(model, dataset, batch_size, edits, hooks):
+        logprobs = logits[:, :-1].double().log_softmax(-1).cpu()
+        nll = -logprobs.gather(-1, batch.tokens[:, 1:, None])[..., 0]
+        for row, (index, length) in enumerate(zip(batch.indices.tolist(), batch.lengths.tolist(), strict=True)):
+            out[index, : length - 1] = nll[row, : length - 1]
+    return out
+
+
+def skip_layers_hooks(model: HookedModel, layers: Collection[int]) -> list[tuple[str, Any]]:
+    """Forward hooks that remove ``layers``: each one's output residual stream is replaced by its input,
+    as if the block were deleted (ShortGPT-style layer pruning). The block still runs (its output is
+    discarded), so this measures quality, not speed."""
+    hooks: list[tuple[str, Any]] = []
+    for layer in sorted(set(layers)):
+        stash: list[Tensor] = []
+
+        def keep(resid: Tensor, hook: Any, stash: list[Tensor] = stash) -> None:
+            stash[:] = [resid]
+
+        def restore(resid: Tensor, hook: Any, stash: list[Tensor] = stash) -> Tensor:
+            return stash.pop()
+
+        hooks.append((model.hook_name("resid_pre", layer), keep))
+        hooks.append((model.hook_name("resid_post", layer), restore))
+    return hooks
 
 
 def calibrate_attention(pattern: Tensor, sinks: Tensor, beta: float) -> Tensor:
