@@ -191,7 +191,8 @@ def test_quickstart_notebook(tmp_path, tiny_llama, tiny_llama_dir, run_notebook)
     explorer, heatmap = shown
     assert len(explorer.layout.sliders[0].steps) == tiny_llama.n_layers * tiny_llama.n_heads
     z = np.array(explorer.data[0].z, dtype=float)
-    np.testing.assert_allclose(np.nansum(z, axis=1), 1.0, atol=1e-4)   # each query's attention sums to 1
+    # each query's attention sums to 1, up to the explorer's rounding to 4 decimals (<= L x 5e-5)
+    np.testing.assert_allclose(np.nansum(z, axis=1), 1.0, atol=z.shape[1] * 5e-5)
     sink = np.array(heatmap.data[0].z, dtype=float)
     assert sink.shape == (tiny_llama.n_layers, tiny_llama.n_heads) and ((sink >= 0) & (sink <= 1)).all()
 
