@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 # Model weights never come from a hub at run time on this project's machines.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Cache compiled bytecode even where the environment sets PYTHONDONTWRITEBYTECODE=1 (as the CI image
+# does): otherwise every test worker and every docs build recompiles torch, transformers and
+# TransformerLens from source, minutes each on a 2-core machine. An empty value means "write".
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: setup demo test docs lint bench clean
 

@@ -6,13 +6,19 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# one thread per pytest-xdist worker (two workers share the 2 CI cores), else up to two
-_DEFAULT_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1)
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", _DEFAULT_THREADS)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per pytest-xdist worker (two workers share the 2 CI cores), else up to two.
+    The xdist controller runs no test, so it never imports torch (minutes on a slow CI machine)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not config.getoption("numprocesses", None):
+        import torch
+
+        default = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1)
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", default)))
 
 WORDS = (
     "the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "to", "house", "big", "small",
@@ -36,6 +42,7 @@ def build_word_tokenizer():
 
 def build_tiny_llama(directory: Path, seed: int = 0, max_positions: int = 64) -> Path:
     """Save a randomly initialised 2-layer GQA Llama (4 query heads, 2 KV heads) with its tokenizer."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_word_tokenizer()
@@ -71,6 +78,8 @@ def planted():
 @pytest.fixture(scope="session")
 def distinct_token_sequences() -> list[list[int]]:
     """BOS + blocks of distinct planted-vocab tokens, repeated twice (clean induction targets)."""
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     sequences = []
     for length in (10, 7, 12, 9):
