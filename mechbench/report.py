@@ -181,10 +181,10 @@ def _analysis_page(analysis: str, frame: pd.DataFrame, metrics: list[HeadMetric]
         parts.append(embed(head_heatmap(item.values, item.label, item.metric)))
     if spec is not None and spec.figures is not None:
         parts += [embed(figure) for figure in spec.figures(frame)]
-    profiles = frame[frame["layer"].isna() & frame["head"].isna() & frame["position"].notna()
-                     & frame["example"].isna()]
-    for metric, rows in profiles.groupby("metric"):
-        if spec is None or spec.figures is None:
+    else:  # no figures of its own: plot each model-level per-position profile
+        profiles = frame[frame["layer"].isna() & frame["head"].isna() & frame["position"].notna()
+                         & frame["example"].isna()]
+        for metric, rows in profiles.groupby("metric"):
             parts.append(embed(position_profile(rows, f"{metric} by position", str(metric))))
     parts.append(_scalar_table(frame))
     parts.append("</section>")

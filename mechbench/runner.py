@@ -122,18 +122,25 @@ def run_plan(plan: RunPlan, progress: bool = True, write_report_file: bool = Tru
     return result
 
 
-def latest_run(store: ResultStore, analysis: str | None = None) -> str:
-    """Id of the most recently started run in a store (that wrote rows of ``analysis``, when given)."""
+def latest_run(store: ResultStore, analysis: str | None = None, model: str | None = None,
+               complete_only: bool = False) -> str:
+    """Id of the most recently started run in a store; only runs that wrote rows of ``analysis``, ran
+    ``model`` or (``complete_only``) finished, when asked."""
     if not store.root.exists():
         raise StoreError(f"no result store at {store.root}; run `mechbench analyze` first or pass --store")
     manifests = store.manifests()
     if not manifests:
         raise StoreError(f"no runs in {store.root}; run `mechbench analyze` first or pass --store")
-    if analysis is not None:
-        manifests = [m for m in manifests if analysis in m.get("shards", {})]
-        if not manifests:
-            raise StoreError(f"no run in {store.root} has {analysis!r} rows; run `mechbench analyze {analysis}` first")
-    return manifests[-1]["run_id"]
+    wanted = [m for m in manifests
+              if (analysis is None or analysis in m.get("shards", {}))
+              and (model is None or m.get("model") == model)
+              and (not complete_only or m.get("status") == "complete")]
+    if not wanted:
+        words = ["no", *(["complete"] if complete_only else []), *([repr(analysis)] if analysis else []), "run"]
+        of_model = f" of model {model!r}" if model else ""
+        command = " ".join(["mechbench analyze", *([analysis] if analysis else [])])
+        raise StoreError(f"{' '.join(words)}{of_model} in {store.root}; run `{command}` first")
+    return str(wanted[-1]["run_id"])
 
 
 def top_heads_lines(store_path: str, analysis: str | None = None, metric: str | None = None,
@@ -172,10 +179,9 @@ def ensure_run(store: ResultStore, analysis: str, config: str | Path, model: str
                progress: bool = True) -> str:
     """Id of the latest run in ``store`` with ``analysis`` rows (of ``model``, when given); when there
     is none, run ``analysis`` with its options in ``config`` first (what a notebook does on an empty store)."""
-    runs = [m for m in store.manifests()
-            if analysis in m.get("shards", {}) and m.get("status") == "complete"
-            and (model is None or m.get("model") == model)]
-    if runs:
-        return str(runs[-1]["run_id"])
+    try:
+        return latest_run(store, analysis, model=model, complete_only=True)
+    except StoreError:
+        pass
     plan = plan_run(Path(config), [analysis], model=model, store=str(store.root))
     return run_plan(plan, progress=progress, write_report_file=False).run_id

@@ -313,7 +313,7 @@ def test_check_config_errors():
         C.CircuitsConfig(methods=["dla"])
 
 
-def test_cli_writes_circuit_rows(tmp_path):
+def test_cli_writes_circuit_rows_and_the_notebook_plots_them(tmp_path, run_notebook):
     from typer.testing import CliRunner
 
     from mechbench.cli import app
@@ -335,7 +335,6 @@ def test_cli_writes_circuit_rows(tmp_path):
     circuit = frame[(frame["metric"] == "in_circuit") & (frame["task"] == "induction")]
     assert set(circuit["node"]) == {"L1H0", "L0H1"}
 
-
-def test_notebook_runs(tmp_path, run_notebook):
     figures = run_notebook("circuit_overlap.ipynb", tmp_path / "store")
-    assert len(figures) >= 3
+    assert run_notebook.namespace["run_id"] == "c1"  # the stored run, not the notebook's demo run
+    assert len(figures) >= 3 and all(len(figure.data) > 0 for figure in figures)

@@ -86,6 +86,31 @@ def test_pattern_rows_are_the_causal_triangle(planted, planted_patterns):
     assert list(on_previous["key_token"]) == ["0", "3", "5", "7", "9", "11", "2"]
 
 
+@pytest.mark.parametrize(("block", "expected"), [
+    ("{max_tokens: 1000}", r"analyses\.patterns\.max_tokens: Input should be less than or equal to 128"),
+    ("{layers: [-1]}", r"patterns\.layers \[-1\] has a negative layer; give layer indices from 0"),
+    ("{texts: absent.jsonl}", r"absent\.jsonl"),
+    ("{limit: 0}", r"analyses\.patterns\.limit: Input should be greater than or equal to 1"),
+])
+def test_patterns_bad_options_fail_in_one_line_before_loading(tmp_path, block, expected):
+    from mechbench.errors import MechbenchError
+    from mechbench.runner import plan_run
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: toy-planted\nstore: {tmp_path / 'store'}\nanalyses:\n  patterns: {block}\n")
+    with pytest.raises(MechbenchError, match=expected) as info:
+        plan_run(config, [])
+    assert "\n" not in str(info.value) and not (tmp_path / "store").exists()
+
+
+def test_patterns_layer_beyond_the_model_is_a_config_error(planted):
+    from mechbench.analyses.patterns import PatternsConfig, run_patterns_from_config
+    from mechbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"patterns\.layers \[5\] must name layers of the model \(0\.\.1\)"):
+        run_patterns_from_config(planted, PatternsConfig(layers=[5]), progress=False)
+
+
 def test_explorer_has_every_head_and_the_exact_pattern(planted, planted_patterns):
     figure = attention_explorer(planted_patterns, "seq")
     steps = figure.layout.sliders[0].steps
