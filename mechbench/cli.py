@@ -126,6 +126,17 @@ def report(
     typer.echo(f"report: {path}")
 
 
+def main() -> None:
+    """The ``mechbench`` console script: the CLI, then exit without the interpreter teardown (see
+    ``mechbench.process``), which takes minutes once torch is loaded."""
+    from mechbench.process import exit_now, exit_status
+
+    try:
+        app()
+    except SystemExit as exc:
+        exit_now(exit_status(exc.code))
+    exit_now(0)
+
 
 if __name__ == "__main__":  # python -m mechbench.cli
-    app()
+    main()
