@@ -12,9 +12,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-_SESSIONS: list[pytest.Session] = []  # the session whose exit status the process ends with
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """One torch thread per pytest-xdist worker (two workers share the 2 CI cores), else up to two.
     The xdist controller runs no test, so it never imports torch (minutes on a slow CI machine).
@@ -26,14 +23,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
         default = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1)
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", default)))
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        from mechbench.process import skip_teardown_at_exit
-
-        skip_teardown_at_exit(lambda: int(_SESSIONS[-1].exitstatus) if _SESSIONS else 1)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    _SESSIONS.append(session)
+    """The reporting process leaves with the session's exit status, skipping the teardown."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        from mechbench.process import skip_teardown_at_exit
+
+        skip_teardown_at_exit(lambda: int(session.exitstatus))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
