@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +15,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def pytest_configure(config: pytest.Config) -> None:
     """One torch thread per pytest-xdist worker (two workers share the 2 CI cores), else up to two.
-    The xdist controller runs no test, so it never imports torch (minutes on a slow CI machine).
-    The process that reports (controller, or the only process with ``-n 0``) skips the interpreter
-    teardown at exit, which ran for tens of minutes with torch loaded (``mechbench.process``); the
-    controller ends xdist workers itself, killing any still up after 10 s."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or not config.getoption("numprocesses", None):
-        import torch
-
-        default = 1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1)
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", default)))
+    Set through ``OMP_NUM_THREADS``, which torch reads when it is first imported: a process whose
+    tests need no model (the xdist controller, a store-only run) never imports torch, which takes
+    minutes on a slow CI machine. The process that reports (controller, or the only process with
+    ``-n 0``) skips the interpreter teardown at exit, which ran for tens of minutes with torch loaded
+    (``mechbench.process``); the controller ends xdist workers itself, killing any still up after 10 s."""
+    worker = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    if not worker and config.getoption("numprocesses", None):
+        return  # the controller: its workers inherit its environment and choose for themselves
+    threads = int(os.environ.setdefault("OMP_NUM_THREADS", "1" if worker else str(min(2, os.cpu_count() or 1))))
+    if "torch" in sys.modules:  # imported by a plugin before this hook: too late for the variable
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
