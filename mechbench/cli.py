@@ -5,6 +5,7 @@ Every user error is printed as one line (``error: ...``) with exit status 2; no 
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -58,7 +59,13 @@ def analyze(
     config_path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     plan = plan_run(config_path=config_path, analyses=analyses or [], model=model, store=store, run_id=run_id,
                     resume=resume, seed=seed)
-    result = run_plan(plan, progress=progress, write_report_file=report)
+    try:
+        result = run_plan(plan, progress=progress, write_report_file=report)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: run {plan.run_id} is marked interrupted in {plan.store.root}; the analyses "
+                   f"written in full are kept; finish it with the same options plus --resume {plan.run_id}",
+                   err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"run {result.run_id}: {result.n_rows} rows for {', '.join(result.analyses) or 'nothing new'} "
                f"-> {result.store_root}")
     for line in result.summary:
@@ -128,9 +135,10 @@ def report(
 
 def main() -> None:
     """The ``mechbench`` console script: the CLI, then exit without the interpreter teardown (see
-    ``mechbench.process``), which takes minutes once torch is loaded."""
+    ``mechbench.process``), which takes minutes once torch is loaded. SIGTERM interrupts like SIGINT."""
     from mechbench.process import exit_now, exit_status
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill PID` stops a run like Ctrl-C: marked interrupted
     try:
         app()
     except SystemExit as exc:

@@ -13,8 +13,11 @@ import atexit
 import contextlib
 import logging
 import os
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 
 def exit_now(status: int) -> None:
@@ -39,3 +42,35 @@ def exit_status(code: object) -> int:
 def skip_teardown_at_exit(status: Callable[[], int]) -> None:
     """At interpreter exit, after the atexit handlers registered later than this one, leave with ``status()``."""
     atexit.register(lambda: exit_now(status()))
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """State letter and start time (clock ticks after boot) of ``pid`` from ``/proc``, None if unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[19])  # fields 3 and 22 of proc(5); the command name may hold spaces
+
+
+def process_fingerprint() -> dict[str, Any]:
+    """Who this process is: host, pid and (on Linux) start time, which tells a pid reused later apart."""
+    stat = _proc_stat(os.getpid())
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": stat[1] if stat else None}
+
+
+def process_is_running(fingerprint: Mapping[str, Any]) -> bool | None:
+    """Whether the process of ``fingerprint`` still runs; None when that cannot be known (another host)."""
+    if fingerprint.get("host") != socket.gethostname() or not isinstance(fingerprint.get("pid"), int):
+        return None
+    pid = fingerprint["pid"]
+    if fingerprint.get("start_ticks") is not None and Path("/proc/self/stat").exists():
+        stat = _proc_stat(pid)  # a zombie (killed, not yet reaped) counts as ended
+        return stat is not None and stat[0] != "Z" and stat[1] == fingerprint["start_ticks"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True

@@ -74,8 +74,13 @@ def plan_run(config_path: Path | None, analyses: list[str], model: str | None = 
 
 
 def check_resumable(manifest: dict[str, Any], config: RunConfig, analyses: dict[str, StrictModel]) -> None:
-    """Refuse to resume a run with another model, seed or analysis options (rows would mix configs)."""
+    """Refuse to resume a run another process is still running, or with another model, seed or analysis
+    options (rows would mix configs)."""
     run_id = manifest["run_id"]
+    if manifest.get("status") == "running":
+        owner = manifest.get("process") or {}
+        raise StoreError(f"run {run_id!r} is still running (process {owner.get('pid')} on {owner.get('host')}); "
+                         "wait for it to end or stop it, then resume it")
     stored = manifest.get("config") or {}
     if manifest.get("model") != config.model or stored.get("seed") != config.seed:
         raise ConfigError(f"run {run_id!r} was made with model {manifest.get('model')!r} and seed {stored.get('seed')}"

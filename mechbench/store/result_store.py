@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mechbench.errors import StoreError
+from mechbench.process import process_fingerprint, process_is_running
 from mechbench.store.schema import CORE_COLUMNS, STORE_FORMAT_VERSION, conform
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -215,7 +216,17 @@ class ResultStore:
         return self._runs_dir / f"{check_name('run id', run_id)}.json"
 
     def manifest(self, run_id: str) -> dict[str, Any]:
-        """The manifest of one run; StoreError if there is none or it is corrupt."""
+        """The manifest of one run; StoreError if there is none or it is corrupt.
+
+        A run whose manifest still says ``running`` although its process has ended (killed with
+        SIGKILL, machine crash) is reported as ``interrupted``: nothing was left to mark it so.
+        """
+        manifest = self._read_manifest(run_id)
+        if manifest.get("status") == "running" and process_is_running(manifest.get("process") or {}) is False:
+            manifest["status"] = "interrupted"
+        return manifest
+
+    def _read_manifest(self, run_id: str) -> dict[str, Any]:
         path = self._manifest_path(run_id)
         if not path.exists():
             known = ", ".join(m["run_id"] for m in self.manifests()) or "none"
@@ -251,7 +262,7 @@ class ResultStore:
             manifest = json.loads(path.read_text()) if path.exists() else {
                 "format_version": STORE_FORMAT_VERSION, "run_id": run_id, "started_at": _utcnow(), "shards": {}}
             manifest.update(provenance)
-            manifest.update(status="running", ended_at=None)
+            manifest.update(status="running", ended_at=None, process=process_fingerprint())
             manifest.setdefault("resumed_at", [])
             if path.exists():
                 manifest["resumed_at"].append(_utcnow())
@@ -261,7 +272,7 @@ class ResultStore:
     def record_shard(self, run_id: str, analysis: str, shard: str, n_rows: int) -> None:
         """Note in the manifest that a shard of an analysis was written in full."""
         with self._locked():
-            manifest = self.manifest(run_id)
+            manifest = self._read_manifest(run_id)
             manifest["shards"].setdefault(analysis, {})[shard] = {"rows": n_rows, "written_at": _utcnow()}
             self._write_manifest(manifest)
 
@@ -270,6 +281,6 @@ class ResultStore:
         if status not in RUN_STATUSES:
             raise StoreError(f"unknown run status {status!r}; one of {RUN_STATUSES}")
         with self._locked():
-            manifest = self.manifest(run_id)
+            manifest = self._read_manifest(run_id)
             manifest.update(status=status, ended_at=_utcnow(), error=error)
             self._write_manifest(manifest)
