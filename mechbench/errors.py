@@ -33,3 +33,11 @@ class StoreError(MechbenchError):
 
 class CapabilityError(MechbenchError):
     """An analysis asked a model for something it does not have (e.g. RoPE q/k on a learned-position model)."""
+
+
+def one_line(text: object) -> str:
+    """``text`` as one line: every run of whitespace (newlines included) becomes one space.
+
+    For reasons quoted from other libraries (pandas, PyYAML, pyarrow), whose messages may span lines.
+    """
+    return " ".join(str(text).split())
