@@ -1,8 +1,9 @@
-"""Bad input against the store: property tests (hypothesis), a full disk, no write permission,
-damaged files, newer formats and two processes writing one store at once.
+"""Bad input against the store and the config loader: property tests (hypothesis), a full disk, no
+write permission, damaged files, newer formats and two processes writing one store at once.
 
 Every error must be one line that names the problem and the fix, and a failed write must leave the
-store exactly as it was. None of these tests imports torch.
+store exactly as it was. The store tests need no torch; the config tests that validate analysis
+blocks import the analyses (and so torch) on their first call.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mechbench.errors import MechbenchError, StoreError
+from mechbench.config import RunConfig, load_config, parse_config, with_overrides
+from mechbench.errors import ConfigError, MechbenchError, StoreError
 from mechbench.store import CORE_COLUMNS, ResultStore, conform
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -395,3 +397,121 @@ def test_two_processes_writing_one_store_lose_nothing(tmp_path):
         assert store.completed_shards("sinks", run_id) == shards
     assert len(store.read()) == 3 * 4 * SHARDS_PER_PROCESS
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+# ---------------------------------------------------------------------------- config loader
+def load_text(directory: Path, content: str | bytes) -> tuple[RunConfig, dict[str, Any]]:
+    path = directory / "config.yaml"
+    path.write_bytes(content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content)
+    return load_config(path)
+
+
+def valid_or_one_line(call: Any) -> None:
+    """``call()`` gives a config or a one-line ConfigError; any other exception fails the test."""
+    try:
+        call()
+    except ConfigError as error:
+        assert_one_line(error, "config")
+
+
+@PROPERTY
+@given(content=st.text() | st.binary())
+def test_any_file_content_loads_or_gives_one_line(content):
+    with tempfile.TemporaryDirectory() as directory:
+        valid_or_one_line(lambda: load_text(Path(directory), content))
+
+
+JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
+                | st.integers(-(2**80), 2**80))
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=10)
+TOP_KEYS = st.sampled_from(sorted(RunConfig.model_fields)) | st.text(max_size=6)
+ANALYSIS_NAMES = st.sampled_from(["sinks", "retrieval", "tappa", "distance", "circuits", "attribution", "patterns",
+                                  "nope"])
+
+
+@PROPERTY
+@given(data=st.dictionaries(TOP_KEYS.filter(lambda k: k != "analyses"), JSON_VALUES, max_size=5) | JSON_VALUES)
+def test_any_top_level_parses_or_gives_one_line(data):
+    valid_or_one_line(lambda: parse_config(data, "fuzz.yaml"))
+
+
+@st.composite
+def analysis_blocks(draw: st.DrawFn) -> dict[str, Any]:
+    """Analysis blocks mixing the real option names with junk keys and values of any JSON type."""
+    from mechbench.analyses import ANALYSES
+
+    blocks = {}
+    for name in draw(st.lists(ANALYSIS_NAMES, max_size=2, unique=True)):
+        fields = sorted(ANALYSES[name].config_model.model_fields) if name in ANALYSES else ["x"]
+        keys = st.sampled_from(fields) | st.text(max_size=4)
+        blocks[name] = draw(st.none() | JSON_VALUES | st.dictionaries(keys, JSON_VALUES, max_size=4))
+    return blocks
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blocks=analysis_blocks())
+def test_any_analysis_block_parses_or_gives_one_line(blocks):
+    valid_or_one_line(lambda: parse_config({"analyses": blocks}, "fuzz.yaml"))
+
+
+ALIASES = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)) + "model: *i\n"
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("!!python/object/apply:os.system ['echo pwned']\n",
+     ["uses the YAML tag !!python/object/apply:os.system at line 1, column 1", "configs are plain data",
+      "remove the tag"]),
+    ("model: !!python/name:os.system\n", ["uses the YAML tag !!python/name:os.system", "remove the tag"]),
+    ("model: !custom toy\n", ["uses the YAML tag !custom at line 1, column 8", "remove the tag"]),
+    ("seed: !!int many\n", ["has a value YAML cannot convert (invalid literal for int() with base 10: 'many')",
+                            "fix the value, or quote it to make it a string"]),
+    ("seed: " + "9" * 5000 + "\n", ["has a value YAML cannot convert (Exceeds the limit (4300 digits)",
+                                    "fix the value, or quote it"]),
+    ("seed: " + "9" * 1000 + "\n",
+     ["seed: Input should be less than 18446744073709551616 (got <a 3322-bit integer>)"]),
+    ("model: toy\n---\nmodel: other\n", ["holds 2 YAML documents", "remove the `---` separators"]),
+    ("[" * 1000 + "]" * 1000, ["is nested too deeply for the YAML reader", "flatten it"]),
+    ("? [a, b]\n: 1\n", ["is not valid YAML at line 1, column 3: found unhashable key", "fix the syntax"]),
+    ("a\x00b", ["is not valid YAML: unacceptable character #x0000", "fix the syntax"]),
+    ("1: toy\n", ["invalid config", "1: Keys should be strings (got 1)"]),
+    ("model: [a, b]\n", ["model: Input should be a valid string (got ['a', 'b'])"]),
+    (ALIASES, ["model: Input should be a valid string (got [[[...], [...], [...], [...], ...], [[...], "]),
+    ("analyses:\n  sinks: []\n", ["analyses.sinks: Input should be a valid dictionary", "(got [])"]),
+    ("analyses:\n  sinks: 0\n", ["analyses.sinks: Input should be a valid dictionary", "(got 0)"]),
+    ("analyses:\n  sinks: {max_tokens: {a: [1, {b: 2}]}}\n",
+     ["analyses.sinks.max_tokens: Input should be a valid integer (got {'a': [1, {...}]})"]),
+    ("analyses:\n  7: {}\n", ["analyses.7.[key]: Input should be a valid string (got 7)"]),
+    ("analyses:\n  sinks:\n    texts: \"" + "x" * 500 + "\"\n    nope: 1\n",
+     ["analyses.sinks.nope: Extra inputs are not permitted (got 1)"]),
+])
+def test_bad_configs_give_one_actionable_line(tmp_path, text, words):
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text)
+    assert_one_line(info, f"config {tmp_path / 'config.yaml'}", *words)
+    assert len(str(info.value)) < 2000  # each field's value is cut to 120 characters
+
+
+def test_an_unreadable_config(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    path.write_text("model: toy\n")
+    fail_with(monkeypatch, Path, "read_text", errno.EACCES)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert_one_line(info, f"cannot read config {path} (Permission denied)", "make it a file you can read")
+
+
+def test_a_config_with_a_huge_key_or_value_in_a_dict():
+    huge = 10**5000
+    with pytest.raises(ConfigError) as info:
+        parse_config({"model": huge, huge: 1}, "dict")
+    assert_one_line(info, "model: Input should be a valid string (got <a 16610-bit integer>)")
+
+
+def test_command_line_overrides_are_validated_like_a_config_file():
+    assert with_overrides(RunConfig(), {"seed": 7, "model": "toy-planted"}).seed == 7
+    with pytest.raises(ConfigError) as info:
+        with_overrides(RunConfig(), {"seed": 2**70})
+    assert_one_line(info, "invalid config (command-line options): seed: Input should be less than "
+                    "18446744073709551616 (got 1180591620717411303424)")
