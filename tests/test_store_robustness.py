@@ -118,10 +118,12 @@ def test_round_trip_of_random_frames_is_exact(frame):
     ([1, 2], ["expected a pandas DataFrame", "got list"]),
     (rows().rename(columns={"head": 7}), ["non-string column name(s) [7]", "name every column with a string"]),
     (pd.concat([rows(), rows()[["value"]]], axis=1), ["duplicate column(s) ['value']", "its own name"]),
-    (rows().assign(layer="first"), ["column 'layer' cannot be stored as Int64", "give it Int64 values"]),
+    (rows().assign(layer="first"), ["column 'layer' cannot be stored as Int64 (Failed to parse string: 'first'",
+                                    "give it Int64 values"]),
     (rows().assign(layer=2.5), ["column 'layer' cannot be stored as Int64", "give it Int64 values"]),
     (rows().assign(value=[[1.0]] * 6), ["column 'value' cannot be stored as float64", "give it float64 values"]),
-    (rows().assign(weight=[1 + 2j] * 6), ["cannot be stored in Parquet", "values of one type"]),
+    (rows().assign(weight=[1 + 2j] * 6), ["cannot be stored in Parquet (Conversion failed for column weight with "
+                                          "type complex128)", "give every extra column numbers, strings or booleans"]),
 ])
 def test_bad_frames_give_one_line_and_write_nothing(tmp_path, frame, words):
     with pytest.raises(StoreError) as info:

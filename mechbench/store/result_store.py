@@ -390,6 +390,7 @@ def _parquet_bytes(rows: pd.DataFrame) -> bytes:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
     except (pa.ArrowException, TypeError, ValueError) as exc:
-        raise StoreError(f"result rows cannot be stored in Parquet ({one_line(exc)}); give every extra column "
-                         "values of one type (numbers, strings or booleans)") from None
+        reason = one_line(exc.args[-1] if exc.args else exc)  # pyarrow's last argument names the column
+        raise StoreError(f"result rows cannot be stored in Parquet ({reason}); give every extra column numbers, "
+                         "strings or booleans") from None
     return sink.getvalue().to_pybytes()
