@@ -82,7 +82,7 @@ def _umask() -> int:
     return current
 
 
-def os_problem(exc: OSError) -> tuple[str, str]:
+def _os_problem(exc: OSError) -> tuple[str, str]:
     """(reason, fix) for an OSError met while writing, e.g. ("no space left on the device", "free space ...")."""
     return _OS_PROBLEMS.get(exc.errno or 0, (one_line(exc.strerror or exc), "choose another directory"))
 
@@ -118,20 +118,20 @@ def atomic_write_files(payloads: Mapping[Path, bytes]) -> None:
     On any failure the temporary files are removed and the targets keep their previous content
     (or stay absent); an OSError becomes a one-line StoreError naming the file, the reason and the fix.
     """
-    staged: list[str] = []
+    staged: dict[Path, str] = {}  # target -> its temporary file, until renamed
     target: Path | None = None
     try:
         for target, payload in payloads.items():
-            staged.append(_write_temporary(target, payload))
-        for tmp, target in zip(list(staged), payloads, strict=True):
-            os.replace(tmp, target)
-            staged.remove(tmp)
+            staged[target] = _write_temporary(target, payload)
+        for target in payloads:
+            os.replace(staged[target], target)
+            del staged[target]
     except OSError as exc:
-        reason, fix = os_problem(exc)
+        reason, fix = _os_problem(exc)
         raise StoreError(f"could not write {target} ({reason}); it was left unchanged, with no partial file; "
                          f"{fix}") from None
     finally:
-        for tmp in staged:
+        for tmp in staged.values():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
@@ -145,7 +145,7 @@ def _json_name(value: Any) -> str:
     return _JSON_NAMES.get(type(value), type(value).__name__)
 
 
-def manifest_problem(manifest: Any, run_id: str) -> str | None:
+def _manifest_problem(manifest: Any, run_id: str) -> str | None:
     """What makes a parsed run manifest unusable (``"no 'shards' field"``, ...), or None if nothing."""
     if not isinstance(manifest, dict):
         return f"not a JSON object but {_json_name(manifest)}"
@@ -189,7 +189,7 @@ class ResultStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            reason, fix = os_problem(exc)
+            reason, fix = _os_problem(exc)
             raise StoreError(f"could not create the result store {self.root} ({reason}); {fix}") from None
         marker = self.root / "mechbench-store.json"
         if not marker.exists():
@@ -221,7 +221,7 @@ class ResultStore:
                 handle = stack.enter_context(open(lock, "a+"))
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             except OSError as exc:
-                reason, fix = os_problem(exc)
+                reason, fix = _os_problem(exc)
                 raise StoreError(f"could not lock the result store with {lock} ({reason}); {fix}") from None
             yield
 
@@ -321,7 +321,7 @@ class ResultStore:
             raise StoreError(f"no run {run_id!r} in {self.root} (runs: {', '.join(self._run_ids()) or 'none'})")
         try:
             manifest = json.loads(_read_text(path))
-            problem = manifest_problem(manifest, run_id)
+            problem = _manifest_problem(manifest, run_id)
         except ValueError:
             problem = "not valid JSON"
         except RecursionError:
