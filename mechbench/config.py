@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mechbench.errors import ConfigError, one_line
+from mechbench.errors import ConfigError, has_control_characters, one_line
 
 
 class StrictModel(BaseModel):
@@ -107,6 +107,9 @@ def with_overrides(run: RunConfig, overrides: dict[str, Any], where: str = "(com
 
 def load_config(path: str | Path) -> tuple[RunConfig, dict[str, StrictModel]]:
     """Read and validate a YAML config file."""
+    if has_control_characters(path):
+        raise ConfigError(f"the config path {str(path)!r} holds a control character (NUL, newline, ...); rename "
+                          "the file or pass --config with a plain path")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass --config with an existing YAML file "

@@ -231,6 +231,14 @@ def test_a_file_in_place_of_the_store(tmp_path):
     assert_one_line(info, "no result store at", "pass --store")
 
 
+@pytest.mark.parametrize("root", ["store\x00x", "store\nx"])
+def test_a_store_path_with_a_control_character_is_refused(tmp_path, root):
+    with pytest.raises(StoreError) as info:
+        ResultStore(tmp_path / root)
+    assert_one_line(info, "holds a control character (NUL, newline, ...)", "pass --store with a plain directory path")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------- store: damaged and newer files
 DAMAGED_MANIFESTS = [
     (b"{not json", "(not valid JSON)"),
@@ -493,6 +501,13 @@ def test_bad_configs_give_one_actionable_line(tmp_path, text, words):
         load_text(tmp_path, text)
     assert_one_line(info, f"config {tmp_path / 'config.yaml'}", *words)
     assert len(str(info.value)) < 2000  # each field's value is cut to 120 characters
+
+
+@pytest.mark.parametrize("name", ["config\x00.yaml", "con\nfig.yaml"])
+def test_a_config_path_with_a_control_character_is_refused(tmp_path, name):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / name)
+    assert_one_line(info, "holds a control character (NUL, newline, ...)", "rename the file or pass --config")
 
 
 def test_an_unreadable_config(tmp_path, monkeypatch):

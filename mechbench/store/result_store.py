@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mechbench.errors import StoreError, one_line
+from mechbench.errors import StoreError, has_control_characters, one_line
 from mechbench.process import process_fingerprint, process_is_running
 from mechbench.store.schema import CORE_COLUMNS, STORE_FORMAT_VERSION, conform
 
@@ -170,6 +170,9 @@ class ResultStore:
     """A directory of tidy results. ``ResultStore(path).read(analysis="sinks")`` returns one frame."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
+        if has_control_characters(root):
+            raise StoreError(f"the store path {str(root)!r} holds a control character (NUL, newline, ...); pass "
+                             "--store with a plain directory path")
         self.root = Path(root)
 
     # ------------------------------------------------------------------ layout
