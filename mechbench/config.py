@@ -12,12 +12,15 @@ from __future__ import annotations
 import re
 import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mechbench.errors import ConfigError, has_control_characters, one_line
+
+#: A seed: any integer ``torch.manual_seed`` takes, so a config cannot pass validation and fail after the model load.
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 
 
 class StrictModel(BaseModel):
@@ -30,8 +33,7 @@ class RunConfig(StrictModel):
     """Top level of a config file."""
 
     model: str = Field("smollm2-135m", description="registry name, Hugging Face name or local directory")
-    seed: int = Field(0, ge=-(2**63), lt=2**64, description="seed for every random choice (datasets, sampling), "
-                      "in the range torch takes: -2**63 .. 2**64-1")
+    seed: Seed = Field(0, description="seed for every random choice (datasets, sampling), -2**63 .. 2**64-1")
     store: str = Field("mechbench-results", description="result store directory")
     device: str = Field("cpu", description="torch device")
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"

@@ -416,12 +416,12 @@ def load_text(directory: Path, content: str | bytes) -> tuple[RunConfig, dict[st
     return load_config(path)
 
 
-def valid_or_one_line(call: Any) -> None:
-    """``call()`` gives a config or a one-line ConfigError; any other exception fails the test."""
+def valid_or_one_line(call: Any, expected: type[MechbenchError] = ConfigError) -> None:
+    """``call()`` succeeds or raises a one-line ``expected`` error; any other exception fails the test."""
     try:
         call()
-    except ConfigError as error:
-        assert_one_line(error, "config")
+    except expected as error:
+        assert_one_line(error)
 
 
 @PROPERTY
@@ -459,10 +459,32 @@ def analysis_blocks(draw: st.DrawFn) -> dict[str, Any]:
     return blocks
 
 
+def parse_and_check(blocks: dict[str, Any]) -> None:
+    """What ``mechbench analyze`` does with analysis blocks before it loads a model."""
+    from mechbench.analyses import ANALYSES
+
+    for name, options in parse_config({"analyses": blocks}, "fuzz.yaml")[1].items():
+        if ANALYSES[name].check is not None:
+            ANALYSES[name].check(options)
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(blocks=analysis_blocks())
 def test_any_analysis_block_parses_or_gives_one_line(blocks):
-    valid_or_one_line(lambda: parse_config({"analyses": blocks}, "fuzz.yaml"))
+    valid_or_one_line(lambda: parse_and_check(blocks), expected=MechbenchError)
+
+
+@pytest.mark.parametrize("name", ["attribution", "circuits", "distance"])
+def test_analysis_seeds_are_bounded_like_the_top_level_one(name):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"analyses": {name: {"seed": 2**64}}}, "dict")
+    assert_one_line(info, f"analyses.{name}.seed: Input should be less than 18446744073709551616")
+
+
+def test_an_infinite_top_k_is_refused_before_the_model_loads():
+    with pytest.raises(ConfigError) as info:
+        parse_and_check({"circuits": {"rule": "top_k", "rule_value": float("inf")}})
+    assert_one_line(info, "circuits.rule_value must be a whole number for top_k; got inf")
 
 
 ALIASES = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
