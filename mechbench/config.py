@@ -2,18 +2,25 @@
 
 A config names the model, the seed, the store and, under ``analyses``, one block per analysis
 whose schema is the analysis's own pydantic model (see :mod:`mechbench.analyses`). YAML is read
-with ``yaml.safe_load`` only: a config can never execute code.
+with PyYAML's safe loader only: a config can never execute code, and a tag such as
+``!!python/object`` is refused. Whatever a file holds, loading it gives a config or a one-line
+ConfigError, never another exception.
 """
 
 from __future__ import annotations
 
+import re
+import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mechbench.errors import ConfigError
+from mechbench.errors import ConfigError, has_control_characters, one_line
+
+#: A seed: any integer ``torch.manual_seed`` takes, so a config cannot pass validation and fail after the model load.
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 
 
 class StrictModel(BaseModel):
@@ -26,7 +33,7 @@ class RunConfig(StrictModel):
     """Top level of a config file."""
 
     model: str = Field("smollm2-135m", description="registry name, Hugging Face name or local directory")
-    seed: int = Field(0, description="seed for every random choice (datasets, sampling)")
+    seed: Seed = Field(0, description="seed for every random choice (datasets, sampling), -2**63 .. 2**64-1")
     store: str = Field("mechbench-results", description="result store directory")
     device: str = Field("cpu", description="torch device")
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
@@ -38,15 +45,36 @@ class RunConfig(StrictModel):
         return {} if value is None else value
 
 
+class _ShortRepr(reprlib.Repr):
+    """``repr`` cut to a glance: long strings and containers elided, deep nesting and huge integers summarised."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxdict, self.maxlist, self.maxstring, self.maxother = 2, 4, 4, 60, 60
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 200:  # repr() of a number with over 4300 digits even raises
+            return f"<a {x.bit_length()}-bit integer>"
+        return super().repr_int(x, level)
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    """A short, one-line ``repr`` of a config value for an error message (at most ``limit`` characters)."""
+    text = one_line(_ShortRepr().repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def format_validation_error(error: ValidationError, where: str, prefix: str = "") -> str:
-    """One line: every failing field path (after ``prefix``) with pydantic's reason and the input."""
+    """One line: every failing field path (under ``prefix``, e.g. ``analyses.sinks``) with pydantic's reason
+    and the input."""
     parts = []
     for item in error.errors():
-        field = prefix + (".".join(str(p) for p in item["loc"]) or "(top level)")
-        got = item.get("input")
-        shown = "" if item["type"] == "missing" else f" (got {got!r})"
-        parts.append(f"{field}: {item['msg']}{shown}")
-    return f"invalid config {where}: " + "; ".join(parts)
+        path = [prefix] if prefix else []
+        path += [p if isinstance(p, str) else _shown(p) for p in item["loc"]]
+        field = ".".join(path) or "(top level)"
+        got = "" if item["type"] == "missing" else f" (got {_shown(item.get('input'))})"
+        parts.append(f"{field}: {item['msg']}{got}")
+    return one_line(f"invalid config {where}: " + "; ".join(parts))
 
 
 def parse_config(data: Any, where: str = "<dict>") -> tuple[RunConfig, dict[str, StrictModel]]:
@@ -65,25 +93,65 @@ def parse_config(data: Any, where: str = "<dict>") -> tuple[RunConfig, dict[str,
         if name not in ANALYSES:
             raise ConfigError(f"invalid config {where}: analyses.{name}: {unknown_analysis_message(name)}")
         try:
-            blocks[name] = ANALYSES[name].config_model.model_validate(options or {})
+            blocks[name] = ANALYSES[name].config_model.model_validate({} if options is None else options)
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, where, prefix=f"analyses.{name}.")) from None
+            raise ConfigError(format_validation_error(exc, where, prefix=f"analyses.{name}")) from None
     return run, blocks
+
+
+def with_overrides(run: RunConfig, overrides: dict[str, Any], where: str = "(command-line options)") -> RunConfig:
+    """``run`` with some top-level values replaced (``--model``, ``--seed``, ...), validated like a config file."""
+    try:
+        return RunConfig.model_validate({**run.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None
 
 
 def load_config(path: str | Path) -> tuple[RunConfig, dict[str, StrictModel]]:
     """Read and validate a YAML config file."""
+    if has_control_characters(path):
+        raise ConfigError(f"the config path {str(path)!r} holds a control character (NUL, newline, ...); rename "
+                          "the file or pass --config with a plain path")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; pass --config with an existing YAML file "
                           "(see configs/default.yaml)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path} ({one_line(exc.strerror or exc)}); make it a file you can "
+                          "read") from None
+    data = _parse_yaml(text, path)
+    return parse_config({} if data is None else data, str(path))
+
+
+_UNKNOWN_TAG = re.compile(r"could not determine a constructor for the tag '([^']*)'")
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    """The one YAML document in ``text`` (None if empty); every failure is a one-line ConfigError naming the
+    problem and the fix."""
+    try:
+        documents = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = one_line(getattr(exc, "problem", None) or str(exc).splitlines()[0])
+        tag = _UNKNOWN_TAG.fullmatch(problem)
+        if tag:
+            name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            raise ConfigError(f"config {path} uses the YAML tag {name}{at}; configs are plain data (mappings, "
+                              "lists, strings, numbers, booleans): remove the tag") from None
         raise ConfigError(f"config {path} is not valid YAML{at}: {problem}; fix the syntax") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config {path} is not UTF-8 text; save it as UTF-8 YAML") from None
-    return parse_config({} if data is None else data, str(path))
+    except RecursionError:
+        raise ConfigError(f"config {path} is nested too deeply for the YAML reader; flatten it") from None
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:  # a tagged or huge scalar, e.g. `!!int x`
+        reason = one_line(exc).split("; ")[0]  # what follows is advice for programmers (sys.set_int_max_...)
+        raise ConfigError(f"config {path} has a value YAML cannot convert ({reason}); fix the value, or quote it "
+                          "to make it a string") from None
+    if len(documents) > 1:
+        raise ConfigError(f"config {path} holds {len(documents)} YAML documents; a config is one document: remove "
+                          "the `---` separators or split it into several files")
+    return documents[0] if documents else None

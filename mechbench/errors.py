@@ -33,3 +33,17 @@ class StoreError(MechbenchError):
 
 class CapabilityError(MechbenchError):
     """An analysis asked a model for something it does not have (e.g. RoPE q/k on a learned-position model)."""
+
+
+def one_line(text: object) -> str:
+    """``text`` as one line: every run of whitespace (newlines included) becomes one space.
+
+    For reasons quoted from other libraries (pandas, PyYAML, pyarrow), whose messages may span lines.
+    """
+    return " ".join(str(text).split())
+
+
+def has_control_characters(text: object) -> bool:
+    """Whether ``text`` holds a control character (NUL, newline, tab, ...): a path that does, the file
+    system refuses (NUL) or a one-line message cannot show as it is (newline)."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in str(text))

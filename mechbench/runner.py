@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from mechbench.analyses import ANALYSES, unknown_analysis_message
-from mechbench.config import RunConfig, StrictModel, load_config, parse_config
+from mechbench.config import RunConfig, StrictModel, load_config, parse_config, with_overrides
 from mechbench.errors import ConfigError, StoreError
 from mechbench.report import top_heads, write_report
 from mechbench.store.result_store import ResultStore, check_name, new_run_id
@@ -50,7 +50,7 @@ def plan_run(config_path: Path | None, analyses: list[str], model: str | None = 
         run_config, blocks = parse_config({"analyses": {"sinks": {}}}, "(built-in defaults)")
     overrides: dict[str, Any] = {k: v for k, v in (("model", model), ("store", store), ("seed", seed)) if v is not None}
     if overrides:
-        run_config = run_config.model_copy(update=overrides)
+        run_config = with_overrides(run_config, overrides)
     for name in analyses:
         if name not in ANALYSES:
             raise ConfigError(unknown_analysis_message(name))

@@ -41,7 +41,8 @@ def write(tmp_path, text: str) -> Path:
     ("analyses:\n  sink:\n",
      r"unknown analysis 'sink'; available: attribution, circuits, distance, patterns, retrieval, sinks, tappa"),
     ("- a\n- b\n", r"top level must be a mapping"),
-    ("!!python/object/apply:os.system ['echo pwned']\n", r"not valid YAML"),
+    ("!!python/object/apply:os.system ['echo pwned']\n",
+     r"uses the YAML tag !!python/object/apply:os.system .*remove the tag"),
 ])
 def test_bad_configs_give_one_line(tmp_path, text, expected):
     with pytest.raises(ConfigError, match=expected) as info:

@@ -51,7 +51,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechbench.config import StrictModel
+from mechbench.config import Seed, StrictModel
 from mechbench.core.dataset import Batch, TokenDataset, iter_batches
 from mechbench.core.embeddings import frozen_parameters, mean_embedding, run_from_embeddings, token_embeddings
 from mechbench.core.hooked import HookedModel
@@ -782,7 +782,7 @@ class AttributionConfig(StrictModel):
     curve_steps: NonNegativeInt = Field(10, description="points of each deletion/insertion curve (0 = no curves)")
     n_random: NonNegativeInt = Field(5, description="random orders averaged into the random-baseline curve")
     store_head_maps: bool = Field(False, description="also store every head's attention map per position (large)")
-    seed: int = Field(0, description="seed of the random orders")
+    seed: Seed = Field(0, description="seed of the random orders")
     batch_size: PositiveInt = Field(4, description="prompts per forward pass")
 
 

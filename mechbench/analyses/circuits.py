@@ -42,7 +42,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechbench.config import StrictModel
+from mechbench.config import Seed, StrictModel
 from mechbench.core import patching
 from mechbench.core.hooked import HookedModel
 from mechbench.core.patching import Node
@@ -587,7 +587,7 @@ class CircuitsConfig(StrictModel):
                                "(over the corrupt prompts), corrupt (own corrupt prompt) or zero")
     ig_steps: PositiveInt = Field(5, description="EAP-IG interpolation steps (reference default 30)")
     n_permutations: PositiveInt = Field(1000, description="random head sets for the overlap baseline")
-    seed: int = Field(0, description="seed of the task generators and the permutation baseline")
+    seed: Seed = Field(0, description="seed of the task generators and the permutation baseline")
     batch_size: PositiveInt = 16
 
     @model_validator(mode="after")
@@ -603,7 +603,7 @@ def check_config(config: CircuitsConfig, data: bool = True) -> None:
                                ("edge_rule", config.edge_rule, config.edge_rule_value)):
         if rule == "top_p" and value > 100:
             raise ConfigError(f"circuits.{field}_value is a percentage for top_p; got {value:g}, use 0 < p <= 100")
-        if rule == "top_k" and value != int(value):
+        if rule == "top_k" and not float(value).is_integer():  # also refuses inf, which int() cannot convert
             raise ConfigError(f"circuits.{field}_value must be a whole number for top_k; got {value:g}")
     if len(set(config.tasks)) != len(config.tasks):
         raise ConfigError(f"circuits.tasks lists a task twice: {config.tasks}")

@@ -39,7 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechbench.analyses.retrieval import greedy_decode, ranked_heads
-from mechbench.config import StrictModel
+from mechbench.config import Seed, StrictModel
 from mechbench.core.dataset import TokenDataset
 from mechbench.core.hooked import HookedModel
 from mechbench.core.recorder import Batch, Recorder
@@ -430,7 +430,7 @@ class DistanceConfig(StrictModel):
     follow_window: NonNegativeInt = Field(3, description="[INFERRED] an FAI peak follows a WAAD peak at most this "
                                           "many tokens before it (or at it)")
     n_random: PositiveInt = Field(20, description="random-position draws per example for the baselines")
-    seed: int = Field(0, description="seed of the random-position baselines")
+    seed: Seed = Field(0, description="seed of the random-position baselines")
     batch_size: PositiveInt = 1
 
 

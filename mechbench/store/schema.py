@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mechbench.errors import StoreError
+from mechbench.errors import StoreError, one_line
 
 #: Core columns in order, with their pandas dtypes (nullable where a value may be missing).
 CORE_COLUMNS: dict[str, str] = {
@@ -37,6 +37,14 @@ def conform(frame: pd.DataFrame) -> pd.DataFrame:
     Missing nullable core columns are added as all-null; extra columns keep their dtype (object
     columns of strings become ``string``).
     """
+    if not isinstance(frame, pd.DataFrame):
+        raise StoreError(f"expected a pandas DataFrame of tidy rows, got {type(frame).__name__}")
+    unnamed = [c for c in frame.columns if not isinstance(c, str)]
+    if unnamed:
+        raise StoreError(f"result frame has non-string column name(s) {unnamed}; name every column with a string")
+    duplicated = sorted(set(frame.columns[frame.columns.duplicated()]))
+    if duplicated:
+        raise StoreError(f"result frame has duplicate column(s) {duplicated}; give every column its own name")
     missing_required = [c for c in REQUIRED_NON_NULL if c not in frame.columns]
     if missing_required:
         raise StoreError(f"result frame lacks required column(s) {missing_required}; every row needs "
@@ -44,12 +52,13 @@ def conform(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for column, dtype in CORE_COLUMNS.items():
         if column not in out.columns:
-            out[column] = pd.Series(pd.NA, index=out.index, dtype=dtype)
+            out[column] = pd.Series(None, index=out.index, dtype=dtype)  # NaN for float64, else <NA>
             continue
         try:
             out[column] = out[column].astype(dtype)
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"column {column!r} cannot be stored as {dtype}: {exc}") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise StoreError(f"column {column!r} cannot be stored as {dtype} ({one_line(exc)}); "
+                             f"give it {dtype} values") from None
     for column in REQUIRED_NON_NULL:
         if out[column].isna().any():
             raise StoreError(f"column {column!r} has missing values; it must be set on every row")
