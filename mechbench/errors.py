@@ -33,3 +33,7 @@ class StoreError(MechbenchError):
 
 class CapabilityError(MechbenchError):
     """An analysis asked a model for something it does not have (e.g. RoPE q/k on a learned-position model)."""
+
+
+class NonFiniteError(MechbenchError):
+    """Activations or logits with NaN or inf (a float16 model that overflows); rerun in float32."""
