@@ -170,13 +170,12 @@ class HookedModel:
             ids, offsets = [bos, *ids], [(0, 0), *offsets]
         return ids, offsets
 
-    def require_offsets(self) -> Any:
-        """The tokenizer, after checking it is a fast one: only those map tokens to character offsets."""
+    def require_offsets(self) -> None:
+        """Raise CapabilityError unless the tokenizer is a fast one: only those map tokens to characters."""
         if not getattr(self.tokenizer, "is_fast", False):
             raise CapabilityError(f"the tokenizer of {self.name} is a slow (Python) tokenizer without character "
                                   "offsets, which locating a text span needs; give a model directory with a "
                                   "tokenizer.json (a fast tokenizer)")
-        return self.tokenizer
 
     def token_span(self, text: str, start: int, end: int, prepend_bos: bool | None = None) -> tuple[int, int]:
         """Token positions ``[first, last)`` of the characters ``text[start:end]``, as tokenised by

@@ -183,14 +183,15 @@ def build_trial(model: HookedModel, needle: Needle, haystack: str, context_lengt
 def answer_span(model: HookedModel, needle: Needle, prompt: str, start: int, prompt_ids: Tensor,
                 prepend_bos: bool | None) -> tuple[int, int]:
     """Token span of the answer at character ``start`` of ``prompt``; its tokens must read as the answer
-    (whitespace around it aside), else a copy of them would not be a copy of the answer."""
+    (up to whitespace and case, which some tokenizers' decoding changes), else a copy of them would not
+    be a copy of the answer."""
     try:
         first, last = model.token_span(prompt, start, start + len(needle.answer), prepend_bos=prepend_bos)
     except DatasetError:
         raise DatasetError(f"needle {needle.id!r}: answer {needle.answer!r} is not found in the tokenized prompt "
                            "(no token covers it); give an answer with visible characters") from None
     found = model.tokenizer.decode(prompt_ids[first:last].tolist())
-    if found.strip() != needle.answer.strip():
+    if "".join(found.split()).casefold() != "".join(needle.answer.split()).casefold():
         raise DatasetError(f"needle {needle.id!r}: answer {needle.answer!r} does not fall on token boundaries of the "
                            f"prompt (its tokens read {found!r}); make the answer whole words of the needle, "
                            "without a leading or trailing space")
