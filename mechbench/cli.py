@@ -50,6 +50,10 @@ def analyze(
     run_id: Annotated[str | None, typer.Option(help="name of this run (default: timestamp + random suffix)")] = None,
     resume: Annotated[str | None, typer.Option(help="finish run RUN: skip analyses already written in full")] = None,
     seed: Annotated[int | None, typer.Option(help="override the config's seed")] = None,
+    allow_pickle_weights: Annotated[bool, typer.Option(
+        "--allow-pickle-weights", help="load a model whose weights are only pickle files (pytorch_model.bin, "
+        "*.pt), which can run code when loaded: only for files you trust (default: the config's "
+        "allow_pickle_weights, false)")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     report: Annotated[bool, typer.Option(help="write the HTML report at the end")] = True,
 ) -> None:
@@ -58,7 +62,7 @@ def analyze(
 
     config_path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     plan = plan_run(config_path=config_path, analyses=analyses or [], model=model, store=store, run_id=run_id,
-                    resume=resume, seed=seed)
+                    resume=resume, seed=seed, allow_pickle_weights=allow_pickle_weights or None)
     try:
         result = run_plan(plan, progress=progress, write_report_file=report)
     except KeyboardInterrupt:

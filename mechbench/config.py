@@ -37,6 +37,8 @@ class RunConfig(StrictModel):
     store: str = Field("mechbench-results", description="result store directory")
     device: str = Field("cpu", description="torch device")
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+    allow_pickle_weights: bool = Field(False, description="load a model whose weights are only pickle files "
+                                       "(pytorch_model.bin, *.pt): only for files you trust")
     analyses: dict[str, Any] = Field(default_factory=dict, description="analysis name -> its options")
 
     @field_validator("analyses", mode="before")

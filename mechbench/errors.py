@@ -35,6 +35,10 @@ class CapabilityError(MechbenchError):
     """An analysis asked a model for something it does not have (e.g. RoPE q/k on a learned-position model)."""
 
 
+class NonFiniteError(MechbenchError):
+    """Activations or logits with NaN or inf (a float16 model that overflows); rerun in float32."""
+
+
 def one_line(text: object) -> str:
     """``text`` as one line: every run of whitespace (newlines included) becomes one space.
 

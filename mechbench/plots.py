@@ -13,8 +13,8 @@ def head_heatmap(frame: pd.DataFrame, title: str, value_label: str = "value") ->
         z=grid.to_numpy(), x=[f"H{int(h)}" for h in grid.columns], y=[f"L{int(layer)}" for layer in grid.index],
         colorscale="Viridis", colorbar={"title": value_label},
         hovertemplate="layer %{y}, head %{x}<br>" + value_label + " %{z:.4f}<extra></extra>"))
-    figure.update_layout(title=title, xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed",
-                         height=max(320, 22 * len(grid.index) + 140))
+    figure.update_layout(title=escape_label(title), xaxis_title="head", yaxis_title="layer",
+                         yaxis_autorange="reversed", height=max(320, 22 * len(grid.index) + 140))
     return figure
 
 
@@ -110,19 +110,24 @@ def token_profile(frame: pd.DataFrame, title: str, group: str | None = None, val
             figure.add_trace(go.Scatter(x=peaks["position"], y=peaks["value"], mode="markers", name=f"{name} peaks",
                                         marker={"size": 9, "symbol": "diamond"}))
     ticks = ordered.drop_duplicates("position")
-    figure.update_layout(title=title, yaxis_title=value_label, height=380,
+    figure.update_layout(title=escape_label(title), yaxis_title=value_label, height=380,
                          xaxis={"title": "token", "tickmode": "array", "tickvals": ticks["position"].tolist(),
                                 "ticktext": ticks["token"].map(display_token).tolist(),
                                 "tickangle": -60})
     return figure
 
 
+def escape_label(text: object) -> str:
+    """Text from the data (an example id, a task name) for a plotly title, legend or label: ``& < >`` as
+    entities, since plotly reads labels as (a subset of) HTML: ``<b>`` would turn bold and ``<script>``
+    vanish; escaped, the text is shown exactly as it is."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def display_token(token: str) -> str:
-    """Token text for a plotly label: spaces as ``·``, newlines as ``⏎``, tabs as ``⇥`` (else invisible),
-    and ``& < >`` as entities, since plotly reads labels as (a subset of) HTML: ``<b>`` would turn
-    bold and ``<script>`` vanish; escaped, a token is shown exactly as it is."""
-    escaped = token.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return escaped.replace(" ", "·").replace("\n", "⏎").replace("\t", "⇥")
+    """Token text for a plotly label: escaped (:func:`escape_label`), with spaces as ``·``, newlines as
+    ``⏎`` and tabs as ``⇥`` (else invisible)."""
+    return escape_label(token).replace(" ", "·").replace("\n", "⏎").replace("\t", "⇥")
 
 
 def attention_explorer(frame: pd.DataFrame, example: str, title: str | None = None) -> go.Figure:
@@ -147,7 +152,7 @@ def attention_explorer(frame: pd.DataFrame, example: str, title: str | None = No
         z=grids[first], x=list(range(length)), y=list(range(length)), zmin=0, zmax=1, colorscale="Blues",
         colorbar={"title": "attention"}, customdata=[[(q, k) for k in labels] for q in labels],
         hovertemplate="query %{y} %{customdata[0]}<br>key %{x} %{customdata[1]}<br>attention %{z:.4f}<extra></extra>"))
-    name = title or f"Attention of {example}"
+    name = escape_label(title or f"Attention of {example}")
     steps = [{"label": f"L{layer}H{head}", "method": "update",
               "args": [{"z": [grids[(layer, head)]]}, {"title.text": f"{name}: layer {layer}, head {head}"}]}
              for layer, head in keys]
@@ -200,7 +205,7 @@ def method_scatter(frame: pd.DataFrame, x: str, y: str, title: str) -> go.Figure
     with the identity line; one colour per task."""
     table = frame[frame["metric"].isin([x, y])].pivot_table(index=["task", "node"], columns="metric",
                                                              values="value").dropna().reset_index()
-    figure = go.Figure([go.Scatter(x=part[x], y=part[y], mode="markers", name=str(task), text=part["node"],
+    figure = go.Figure([go.Scatter(x=part[x], y=part[y], mode="markers", name=escape_label(task), text=part["node"],
                                    hovertemplate="%{text}: %{x:.3f}, %{y:.3f}<extra></extra>")
                         for task, part in table.groupby("task")])
     if len(table):
@@ -246,7 +251,7 @@ def circuit_graph(frame: pd.DataFrame, title: str) -> go.Figure:
     figure.add_trace(go.Scatter(x=[position[lab][0] for lab in labels], y=[position[lab][1] for lab in labels],
                                 mode="markers+text", text=labels, textposition="top center", showlegend=False,
                                 marker={"size": 12, "color": "black"}))
-    figure.update_layout(title=title, xaxis={"title": "head", "showgrid": False},
+    figure.update_layout(title=escape_label(title), xaxis={"title": "head", "showgrid": False},
                          yaxis={"title": "layer", "showgrid": False}, height=max(360, 60 * (n_layers + 2)))
     return figure
 
@@ -255,7 +260,7 @@ def overlap_bars(frame: pd.DataFrame, title: str) -> go.Figure:
     """Observed overlap statistics per task pair next to their permutation baseline (columns ``task``,
     ``metric``, ``value``, ``baseline``, ``p_value``)."""
     figure = go.Figure()
-    labels = [f"{t}<br>{m}" for t, m in zip(frame["task"], frame["metric"], strict=True)]
+    labels = [f"{escape_label(t)}<br>{m}" for t, m in zip(frame["task"], frame["metric"], strict=True)]
     figure.add_trace(go.Bar(x=labels, y=frame["value"], name="observed",
                             text=[f"p={p:.3g}" for p in frame["p_value"]], textposition="outside"))
     figure.add_trace(go.Bar(x=labels, y=frame["baseline"], name="random sets (mean)"))
@@ -271,11 +276,12 @@ def token_heatmap(frame: pd.DataFrame, title: str, row: str = "method") -> go.Fi
     scaled = grid.div(grid.abs().max(axis=1).replace(0, 1), axis=0)
     tokens = frame.drop_duplicates("position").set_index("position")["token"].reindex(grid.columns)
     figure = go.Figure(go.Heatmap(
-        z=scaled.to_numpy(), x=[f"{p}:{t}" for p, t in zip(grid.columns, tokens, strict=True)],
+        z=scaled.to_numpy(), x=[f"{p}:{display_token(str(t))}" for p, t in zip(grid.columns, tokens, strict=True)],
         y=[str(r) for r in grid.index], customdata=grid.to_numpy(), colorscale="RdBu", zmid=0, zmin=-1, zmax=1,
         colorbar={"title": "value / max|value|"},
         hovertemplate="%{y} at %{x}<br>value %{customdata:.4g}<extra></extra>"))
-    figure.update_layout(title=title, xaxis={"tickangle": -60}, height=max(260, 40 * len(grid.index) + 180))
+    figure.update_layout(title=escape_label(title), xaxis={"tickangle": -60},
+                         height=max(260, 40 * len(grid.index) + 180))
     return figure
 
 
@@ -289,7 +295,8 @@ def attention_scatter(attention: pd.DataFrame, attribution: pd.DataFrame, title:
     if absolute:
         merged["value_attribution"] = merged["value_attribution"].abs()
     figure = go.Figure([go.Scatter(x=part["value_attention"], y=part["value_attribution"], mode="markers",
-                                   name=str(example), text=part.get("token_attention"),
+                                   name=escape_label(example),
+                                   text=[display_token(str(t)) for t in part.get("token_attention", [])],
                                    hovertemplate="%{text}<br>attention %{x:.4f}<br>attribution %{y:.4g}<extra></extra>")
                         for example, part in merged.groupby("example")])
     figure.update_layout(title=title, xaxis_title="attention", yaxis_title=("|attribution|" if absolute

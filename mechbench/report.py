@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 
 from mechbench.analyses import ANALYSES
 from mechbench.errors import StoreError
-from mechbench.plots import head_heatmap, position_profile
+from mechbench.plots import escape_label, head_heatmap, position_profile
 from mechbench.store.result_store import ResultStore, atomic_write_bytes
 from mechbench.store.schema import CORE_COLUMNS
 
@@ -202,7 +202,8 @@ def _cross_page(metrics: list[HeadMetric], embed: _Figures) -> str:
     if len(metrics) >= 2:
         correlations = metric_correlations(table)
         figure = go.Figure(go.Heatmap(
-            z=correlations.to_numpy(), x=list(correlations.columns), y=list(correlations.index), zmin=-1, zmax=1,
+            z=correlations.to_numpy(), x=[escape_label(c) for c in correlations.columns],
+            y=[escape_label(c) for c in correlations.index], zmin=-1, zmax=1,
             colorscale="RdBu", colorbar={"title": "Spearman ρ"},
             hovertemplate="%{y}<br>%{x}<br>ρ = %{z:.3f}<extra></extra>"))
         figure.update_layout(title="Rank correlation between head metrics (over heads)", xaxis_title="head metric",

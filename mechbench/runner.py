@@ -42,13 +42,16 @@ class RunResult:
 
 
 def plan_run(config_path: Path | None, analyses: list[str], model: str | None = None, store: str | None = None,
-             run_id: str | None = None, resume: str | None = None, seed: int | None = None) -> RunPlan:
-    """Validate the request and decide exactly what will run."""
+             run_id: str | None = None, resume: str | None = None, seed: int | None = None,
+             allow_pickle_weights: bool | None = None) -> RunPlan:
+    """Validate the request and decide exactly what will run (``model``, ``store``, ``seed`` and
+    ``allow_pickle_weights`` override the config's)."""
     if config_path is not None:
         run_config, blocks = load_config(config_path)
     else:
         run_config, blocks = parse_config({"analyses": {"sinks": {}}}, "(built-in defaults)")
-    overrides: dict[str, Any] = {k: v for k, v in (("model", model), ("store", store), ("seed", seed)) if v is not None}
+    given = (("model", model), ("store", store), ("seed", seed), ("allow_pickle_weights", allow_pickle_weights))
+    overrides: dict[str, Any] = {k: v for k, v in given if v is not None}
     if overrides:
         run_config = with_overrides(run_config, overrides)
     for name in analyses:
@@ -98,7 +101,7 @@ def run_plan(plan: RunPlan, progress: bool = True, write_report_file: bool = Tru
     from mechbench.provenance import run_provenance
 
     config = plan.config
-    model = load_model(config.model, device=config.device, dtype=config.dtype)
+    model = load_model(config.model, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle_weights)
     torch.manual_seed(config.seed)
     full_config = {**config.model_dump(), "analyses": {n: c.model_dump() for n, c in plan.analyses.items()}}
     store = plan.store

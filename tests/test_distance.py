@@ -95,8 +95,9 @@ def test_split_heads_and_layers():
     assert select_layers(30, "middle") == [10, 12, 15, 18, 20]
     assert select_layers(4, "all") == [0, 1, 2, 3]
     assert select_layers(4, [2, 0, 2]) == [0, 2]
-    with pytest.raises(ConfigError, match=r"distance.layers \[5\] must name layers of the model \(0..3\)"):
-        select_layers(4, [5])
+    with pytest.raises(ConfigError, match=r"^distance\.layers \[5, 1\] names layer 5, but m has layers 0\.\.3; give "
+                       r"layers from 0 to 3 or use 'all' / 'middle'$"):
+        select_layers(4, [5, 1], model="m")
 
 
 def test_find_peaks():

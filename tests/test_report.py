@@ -107,7 +107,8 @@ def test_patterns_layer_beyond_the_model_is_a_config_error(planted):
     from mechbench.analyses.patterns import PatternsConfig, run_patterns_from_config
     from mechbench.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"patterns\.layers \[5\] must name layers of the model \(0\.\.1\)"):
+    with pytest.raises(ConfigError, match=r"^patterns\.layers \[5\] names layer 5, but toy-planted has layers 0\.\.1; "
+                       r"give layers from 0 to 1$"):
         run_patterns_from_config(planted, PatternsConfig(layers=[5]), progress=False)
 
 

@@ -191,8 +191,12 @@ def test_calibration_search_and_evaluation_are_consistent(tiny_llama, size_task)
     calibrated = label_logprobs(tiny_llama, evaluation, 4, act_edits([(1, 0), (1, 2)]))
     assert rows[("evaluation", "calibrated")] == accuracy(calibrated, evaluation.gold)
     assert (frame.loc[frame["metric"] == "act_accuracy", "n_heads"] == 2).all()
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"^sinks\.calibration\.heads \[\(5, 0\)\] names layer 5, but .* has layers "
+                                          r"0\.\.1; give layers from 0 to 1$"):
         run_calibration(tiny_llama, task, config.model_copy(update={"heads": [(5, 0)]}), texts=None)
+    with pytest.raises(ConfigError, match=r"^sinks\.calibration\.heads \[\(1, 4\)\] names head 4 of layer 1, but .* "
+                                          r"has heads 0\.\.3 in each layer; give heads from 0 to 3$"):
+        run_calibration(tiny_llama, task, config.model_copy(update={"heads": [(1, 4)]}), texts=None)
 
 
 def test_streaming_cache_matches_full_attention_when_nothing_is_evicted(tiny_llama):

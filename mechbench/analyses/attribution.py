@@ -55,6 +55,7 @@ from mechbench.config import Seed, StrictModel
 from mechbench.core.dataset import Batch, TokenDataset, iter_batches
 from mechbench.core.embeddings import frozen_parameters, mean_embedding, run_from_embeddings, token_embeddings
 from mechbench.core.hooked import HookedModel
+from mechbench.core.limits import check_context
 from mechbench.core.recorder import Recorder
 from mechbench.core.tidy import to_tidy
 from mechbench.errors import CapabilityError, ConfigError, DatasetError
@@ -473,9 +474,8 @@ def build_example(model: HookedModel, example_id: str, prompt: str, target: str 
         target_ids = target_ids[:1] if kind == "next_token" else target_ids
         built = Target(tuple(range(len(prompt_ids), len(prompt_ids) + len(target_ids))), tuple(target_ids))
     tokens = torch.cat([prompt_ids, torch.tensor(target_ids, dtype=torch.long)])
-    if tokens.numel() > model.architecture.n_ctx:
-        raise DatasetError(f"example {example_id!r} has {tokens.numel()} tokens, longer than the context window of "
-                           f"{model.name} ({model.architecture.n_ctx}); shorten it")
+    check_context(tokens.numel(), model.architecture.n_ctx, model.name,
+                  f"example {example_id!r} has {tokens.numel()} tokens", "shorten it")
     spans = tuple(model.token_span(prompt, start, end) for start, end in passages)
     return Example(example_id, tokens, built, _pieces(model, tokens.tolist()), task, spans, cited,
                    model.tokenizer.decode(list(built.token_ids)))

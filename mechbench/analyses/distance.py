@@ -42,6 +42,7 @@ from mechbench.analyses.retrieval import greedy_decode, ranked_heads
 from mechbench.config import Seed, StrictModel
 from mechbench.core.dataset import TokenDataset
 from mechbench.core.hooked import HookedModel
+from mechbench.core.limits import check_context, check_layers
 from mechbench.core.recorder import Batch, Recorder
 from mechbench.core.tidy import to_tidy
 from mechbench.errors import ConfigError, DatasetError
@@ -229,17 +230,20 @@ def next_token_entropy(logits: Tensor) -> Tensor:
     return -(logprobs.exp() * logprobs).sum(-1)
 
 
-def select_layers(n_layers: int, layers: Literal["all", "middle"] | Sequence[int], count: int = 5) -> list[int]:
+def select_layers(n_layers: int, layers: Literal["all", "middle"] | Sequence[int], count: int = 5,
+                  model: str = "the model") -> list[int]:
     """Recorded layers: ``all``; ``middle`` = ``count`` evenly spaced layers in ``floor(L/3) .. floor(2L/3)``
-    (rounded, duplicates dropped; the paper's RL setup); or an explicit list."""
+    (rounded, duplicates dropped; the paper's RL setup); or an explicit list (ConfigError naming ``model``
+    when a layer is not one of its ``n_layers``)."""
     if layers == "all":
         return list(range(n_layers))
     if layers == "middle":
         return sorted(set(torch.linspace(n_layers // 3, 2 * n_layers // 3, count).round().long().tolist()))
     chosen = sorted(set(layers))
-    if not chosen or chosen[-1] >= n_layers:
-        raise ConfigError(f"distance.layers {list(layers)} must name layers of the model (0..{n_layers - 1}); "
-                          "fix the list or use 'all' / 'middle'")
+    if not chosen:
+        raise ConfigError("distance.layers is an empty list; name at least one layer or use 'all' / 'middle'")
+    check_layers("distance.layers", list(layers), chosen, n_layers, model,
+                 f"give layers from 0 to {n_layers - 1} or use 'all' / 'middle'")
     return chosen
 
 
@@ -297,10 +301,11 @@ def transcript_dataset(model: HookedModel, transcripts: Sequence[Transcript]) ->
         if n_prompt == 0 or n_response == 0:
             raise DatasetError(f"transcript {transcript.id!r} has an empty {'prompt' if n_prompt == 0 else 'response'}"
                                "; give both a prompt and a response")
-        if n_prompt + n_response > n_ctx:
-            raise DatasetError(f"transcript {transcript.id!r} has {n_prompt} prompt + {n_response} response tokens, "
-                               f"longer than the context window of {model.name} ({n_ctx}); lower max_new_tokens or "
-                               "shorten the transcript")
+        check_context(n_prompt + n_response, n_ctx, model.name,
+                      f"transcript {transcript.id!r} has {n_prompt} prompt + {n_response} response tokens",
+                      "lower max_new_tokens or shorten the transcript")
+        model.check_token_ids(transcript.prompt_ids, f"transcript {transcript.id!r}")
+        model.check_token_ids(transcript.response_ids, f"transcript {transcript.id!r}")
         tokens.append(torch.cat([transcript.prompt_ids, transcript.response_ids]).long())
     return TokenDataset(tokens=tokens, example_ids=[t.id for t in transcripts],
                         token_texts=[token_pieces(model, ids) for ids in tokens])
@@ -355,7 +360,7 @@ def run_distance(model: HookedModel, transcripts: Sequence[Transcript], config: 
     check_config(config, data=False)
     dataset = transcript_dataset(model, transcripts)
     prompt_lengths = [t.prompt_ids.numel() for t in transcripts]
-    layers = select_layers(model.n_layers, config.layers)
+    layers = select_layers(model.n_layers, config.layers, model=model.name)
     reducer = DistanceReducer(prompt_lengths, dataset.lengths, model.n_layers, model.n_heads, config.window,
                               config.h_lo, config.h_hi)
     Recorder(model, batch_size=config.batch_size, progress=progress).run(

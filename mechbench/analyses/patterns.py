@@ -18,6 +18,7 @@ from torch import Tensor
 from mechbench.config import StrictModel
 from mechbench.core.dataset import Batch
 from mechbench.core.hooked import HookedModel
+from mechbench.core.limits import check_layers
 from mechbench.core.recorder import Recorder
 from mechbench.errors import ConfigError
 from mechbench.tasks.texts import BUILTIN, load_texts
@@ -95,8 +96,8 @@ def check_config(config: PatternsConfig) -> None:
 
 def run_patterns_from_config(model: HookedModel, config: PatternsConfig, progress: bool = True) -> pd.DataFrame:
     """Runner used by the CLI."""
-    if config.layers is not None and max(config.layers) >= model.n_layers:
-        raise ConfigError(f"patterns.layers {config.layers} must name layers of the model (0..{model.n_layers - 1})")
+    if config.layers is not None:
+        check_layers("patterns.layers", config.layers, config.layers, model.n_layers, model.name)
     ids, texts = load_texts(config.texts, config.limit)
     return run_patterns(model, texts, example_ids=ids, max_tokens=config.max_tokens, layers=config.layers,
                         prepend_bos=config.prepend_bos, progress=progress)

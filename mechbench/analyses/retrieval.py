@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from mechbench.config import StrictModel
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import mask_heads_hooks
+from mechbench.core.limits import check_context, check_finite
 from mechbench.core.porter import porter_stem
 from mechbench.core.tidy import to_tidy
 from mechbench.errors import ConfigError, DatasetError
@@ -147,10 +148,9 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = 
     """
     if prompt_ids.dim() != 1 or prompt_ids.numel() < 2:
         raise DatasetError(f"the prompt needs at least 2 tokens (1-D ids), got shape {tuple(prompt_ids.shape)}")
-    n_ctx = model.architecture.n_ctx
-    if prompt_ids.numel() + max_new_tokens > n_ctx:
-        raise DatasetError(f"the prompt has {prompt_ids.numel()} tokens and {max_new_tokens} more may be generated, "
-                           f"longer than the context window of {model.name} ({n_ctx}); use a shorter context")
+    check_context(prompt_ids.numel() + max_new_tokens, model.architecture.n_ctx, model.name,
+                  f"the prompt has {prompt_ids.numel()} tokens + {max_new_tokens} new tokens",
+                  "use a shorter context or fewer new tokens")
     argmax_keys = torch.zeros(max_new_tokens, model.n_layers, model.n_heads, dtype=torch.long)
     step = [0]
 
@@ -179,6 +179,7 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = 
                     logits, cache = bridge(token[None], return_type="logits_and_cache", past_key_values=cache)
                 else:
                     logits = bridge(sequence[None])
+                check_finite(logits[0, -1], f"the logits of decode step {i}", model.name)
                 token = logits[0, -1].argmax().view(1)
                 generated.append(int(token))
                 sequence = torch.cat([sequence, token])

@@ -47,9 +47,10 @@ from mechbench.core.interventions import (
     start_recent_keys,
     text_nll,
 )
+from mechbench.core.limits import check_heads, check_layers
 from mechbench.core.recorder import Batch, Recorder
 from mechbench.core.tidy import to_tidy
-from mechbench.errors import CapabilityError, ConfigError, DatasetError
+from mechbench.errors import CapabilityError, DatasetError
 from mechbench.tasks.classification import (
     BUILTIN_SENTIMENT,
     SENTIMENT_LABELS,
@@ -355,10 +356,10 @@ def run_calibration(model: HookedModel, task: ClassificationTask, config: Calibr
     if not model.causal:
         raise CapabilityError(f"ACT calibration is defined for causal language models; {model.name} is an encoder")
     calibration, evaluation = task.split(config.calibration_size)
-    for layer, head in [*(config.heads or []), *((layer, 0) for layer in config.layers or [])]:
-        if layer >= model.n_layers or head >= model.n_heads:
-            raise ConfigError(f"calibration head/layer ({layer}, {head}) does not exist in {model.name} "
-                              f"({model.n_layers} layers x {model.n_heads} heads); fix calibration.heads/layers")
+    if config.heads is not None:
+        check_heads("sinks.calibration.heads", config.heads, config.heads, model)
+    if config.layers is not None:
+        check_layers("sinks.calibration.layers", config.layers, config.layers, model.n_layers, model.name)
     if config.heads is not None:
         chosen = [(int(layer), int(head)) for layer, head in config.heads]
         search = pd.DataFrame(columns=["layer", "head", "accuracy", "delta", "margin_delta", "selected"])

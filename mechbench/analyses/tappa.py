@@ -37,6 +37,7 @@ from mechbench.config import StrictModel
 from mechbench.core.dataset import TokenDataset
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import PatternEdit, renormalise_to_keys, skip_layers_hooks, text_nll
+from mechbench.core.limits import check_context
 from mechbench.core.recorder import Batch, Recorder
 from mechbench.core.tidy import to_tidy
 from mechbench.errors import CapabilityError, ConfigError, DatasetError
@@ -594,6 +595,7 @@ def text_dataset(model: HookedModel, config: TappaConfig) -> TokenDataset:
                                       example_ids=ids)
     if model.tokenizer is None:
         stream = torch.tensor([i for item in items for i in item])
+        model.check_token_ids(stream, f"text set {config.texts!r}")
         pieces = [str(int(i)) for i in stream]
     else:
         stream, pieces = model.tokenize("\n\n".join(texts), config.prepend_bos)
@@ -601,6 +603,9 @@ def text_dataset(model: HookedModel, config: TappaConfig) -> TokenDataset:
     starts = [s for s in range(0, stream.numel(), size) if stream.numel() - s >= 2]
     if not starts:
         raise DatasetError(f"text set {config.texts!r} has fewer than 2 tokens")
+    check_context(min(size, stream.numel()), model.architecture.n_ctx, model.name,
+                  f"tappa.join cuts the joined texts into chunks of {min(size, stream.numel())} tokens",
+                  "lower tappa.max_tokens")
     return TokenDataset(tokens=[stream[s:s + size] for s in starts],
                         example_ids=[f"chunk{i}" for i in range(len(starts))],
                         token_texts=[pieces[s:s + size] for s in starts])

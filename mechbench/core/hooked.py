@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mechbench.core.dataset import Batch, TokenDataset, spans_to_token_positions
+from mechbench.core.limits import check_context, check_layers
 from mechbench.errors import CapabilityError, DatasetError
 
 #: Short site names -> TransformerLens hook suffix inside ``blocks.{layer}``.
@@ -116,9 +117,9 @@ class HookedModel:
         if site in ("rot_q", "rot_k") and not self.architecture.uses_rope:
             raise CapabilityError(f"site {site!r} needs a RoPE model; {self.name} uses "
                                   f"{self.architecture.positional} positions (use 'q'/'k')")
-        if not 0 <= layer < self.n_layers:
-            raise CapabilityError(f"layer {layer} is out of range for {self.name} (0..{self.n_layers - 1})")
-        return f"blocks.{layer}.{SITES[site]}"
+        name = f"blocks.{layer}.{SITES[site]}"
+        check_layers("hook", name, [layer], self.n_layers, self.name, error=CapabilityError)
+        return name
 
     def head_major(self, site: str, activation: Tensor) -> Tensor:
         """Per-head tensors as ``[batch, head, pos, d_head]`` with KV heads repeated to query heads.
@@ -158,6 +159,8 @@ class HookedModel:
         rule of :meth:`tokenize`."""
         if self.tokenizer is None:
             raise CapabilityError(f"model {self.name} has no tokenizer; pass token-id sequences instead of text")
+        if with_offsets:
+            self.require_offsets()
         encoded = self.tokenizer(text, add_special_tokens=prepend_bos is not False,
                                  return_offsets_mapping=with_offsets)
         ids: list[int] = list(encoded["input_ids"])
@@ -166,6 +169,13 @@ class HookedModel:
         if prepend_bos and bos is not None and (not ids or ids[0] != bos):
             ids, offsets = [bos, *ids], [(0, 0), *offsets]
         return ids, offsets
+
+    def require_offsets(self) -> None:
+        """Raise CapabilityError unless the tokenizer is a fast one: only those map tokens to characters."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise CapabilityError(f"the tokenizer of {self.name} is a slow (Python) tokenizer without character "
+                                  "offsets, which locating a text span needs; give a model directory with a "
+                                  "tokenizer.json (a fast tokenizer)")
 
     def token_span(self, text: str, start: int, end: int, prepend_bos: bool | None = None) -> tuple[int, int]:
         """Token positions ``[first, last)`` of the characters ``text[start:end]``, as tokenised by
@@ -197,14 +207,26 @@ class HookedModel:
                 pieces = [str(int(i)) for i in token_ids]
                 if token_ids.numel() == 0:
                     raise DatasetError(f"example {example_id!r} has no tokens")
+                self.check_token_ids(token_ids, f"example {example_id!r}")
             if max_tokens is not None:
                 token_ids, pieces = token_ids[:max_tokens], pieces[:max_tokens]
-            if token_ids.numel() > limit:
-                raise DatasetError(f"example {example_id!r} has {token_ids.numel()} tokens, longer than the "
-                                   f"context window of {self.name} ({limit}); lower max_tokens or shorten it")
+            check_context(token_ids.numel(), limit, self.name, f"example {example_id!r} has {token_ids.numel()} tokens",
+                          "lower max_tokens or shorten it")
             tokens.append(token_ids)
             texts.append(pieces)
         return TokenDataset(tokens=tokens, example_ids=ids, token_texts=texts)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the embedding accepts (``0..vocab_size-1``)."""
+        return int(self.bridge.cfg.d_vocab)
+
+    def check_token_ids(self, ids: Tensor, where: str) -> None:
+        """Raise DatasetError when a token id of ``ids`` (from ``where``) is outside the vocabulary."""
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if bad.numel():
+            raise DatasetError(f"{where}: token id {int(bad[0])} is outside the vocabulary of {self.name} "
+                               f"(0..{self.vocab_size - 1}); use ids the model knows")
 
     @property
     def pad_id(self) -> int:

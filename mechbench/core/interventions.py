@@ -18,6 +18,8 @@ from torch import Tensor
 
 from mechbench.core.dataset import Batch, TokenDataset, iter_batches
 from mechbench.core.hooked import HookedModel
+from mechbench.core.limits import check_heads
+from mechbench.errors import CapabilityError
 
 PatternEdit = Callable[[Tensor, Batch], Tensor]
 
@@ -153,6 +155,7 @@ def uniform_attention(pattern: Tensor, heads: Sequence[int], causal: bool = True
 
 def mask_heads_hooks(model: HookedModel, heads: Collection[tuple[int, int]]) -> list[tuple[str, Any]]:
     """Forward hooks that give every ``(layer, head)`` in ``heads`` uniform attention (:func:`uniform_attention`)."""
+    check_heads("masked heads", sorted(heads), heads, model, error=CapabilityError)
     by_layer: dict[int, list[int]] = {}
     for layer, head in sorted(heads):
         by_layer.setdefault(layer, []).append(head)

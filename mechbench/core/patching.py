@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from mechbench.core.hooked import HookedModel
+from mechbench.core.limits import check_finite, check_heads
 from mechbench.errors import CapabilityError
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor | None]]
@@ -80,16 +81,19 @@ def forward(model: HookedModel, tokens: Tensor, hooks: Sequence[Hook] = (), grad
 
 def cache(model: HookedModel, tokens: Tensor, names: Iterable[str],
           hooks: Sequence[Hook] = ()) -> tuple[Tensor, dict[str, Tensor]]:
-    """``(logits, {hook name: activation})`` of one pass (no gradients), after any ``hooks`` ran."""
+    """``(logits, {hook name: activation})`` of one pass (no gradients), after any ``hooks`` ran; NaN or
+    inf in either is a NonFiniteError."""
     store: dict[str, Tensor] = {}
 
     def keeper(name: str) -> Callable[[Tensor, Any], None]:
         # keyed by the name asked for: the bridge reports aliases (hook_q) under their canonical names
         def keep(activation: Tensor, hook: Any) -> None:
+            check_finite(activation, name, model.name)
             store[name] = activation.detach().clone()
         return keep
 
     logits = forward(model, tokens, [*hooks, *((name, keeper(name)) for name in names)])
+    check_finite(logits, "the logits", model.name)
     return logits.detach(), store
 
 
@@ -167,6 +171,9 @@ def patch_nodes_hooks(model: HookedModel, nodes: Iterable[Node], source: Mapping
                       positions: Tensor | None = None) -> list[Hook]:
     """Hooks replacing each node's activation by its value in ``source`` (hook name → tensor), one
     hook per hook point (the heads of a layer share one)."""
+    nodes = list(nodes)
+    heads = [(n.layer, n.head) for n in nodes if n.kind == "head"]
+    check_heads("patched nodes", [f"L{layer}H{head}" for layer, head in heads], heads, model, error=CapabilityError)
     by_name: dict[str, list[int]] = {}
     for node in nodes:
         by_name.setdefault(model.hook_name(node.site, node.layer), []).append(node.head)

@@ -19,10 +19,13 @@ from tqdm.auto import tqdm
 
 from mechbench.core.dataset import Batch, TokenDataset, iter_batches
 from mechbench.core.hooked import HookedModel
+from mechbench.core.limits import check_finite
 from mechbench.errors import CapabilityError
 
 __all__ = ["Batch", "Recorder", "Reducer"]
 
+#: Sites that legitimately hold -inf (the causal mask before the softmax): not checked for finiteness.
+MASKED_SITES = frozenset({"attn_scores"})
 #: Default ceiling for :meth:`Recorder.cache` (bytes); above it the user must reduce or opt in.
 DEFAULT_CACHE_LIMIT = 4 * 1024**3
 
@@ -46,10 +49,14 @@ class Recorder:
         hooks = []
         for site, reducer in reducers.items():
             for layer in layers:
+                name = self.model.hook_name(site, layer)
+
                 def hook(activation: Tensor, hook: Any, site: str = site, layer: int = layer,
-                         reducer: Reducer = reducer) -> None:
+                         reducer: Reducer = reducer, name: str = name) -> None:
+                    if site not in MASKED_SITES:
+                        check_finite(activation, f"{name} (layer {layer})", self.model.name)
                     reducer(layer, self.model.head_major(site, activation.detach()), current[0])
-                hooks.append((self.model.hook_name(site, layer), hook))
+                hooks.append((name, hook))
         return hooks
 
     def run(self, dataset: TokenDataset, reducers: Mapping[str, Reducer], layers: Sequence[int] | None = None,
@@ -71,6 +78,7 @@ class Recorder:
                               unit="batch", leave=False):
                 current[:] = [batch]
                 logits = self.model.run_with_hooks(batch, hooks)
+                check_finite(logits, "the logits", self.model.name)
                 if on_logits is not None:
                     on_logits(logits, batch)
         finally:

@@ -45,6 +45,46 @@ def wrap_bridge(bridge: Any, name: str, source: str | None = None) -> HookedMode
                        source=source)
 
 
+#: Weight files that are Python pickles: loading one can run any code it carries.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weight_files(files: list[str], where: str, allow_pickle: bool) -> None:
+    """Refuse weights that are only pickle files (unless ``allow_pickle``) and a model with no weights.
+
+    ``files`` are the file names of a model directory or Hub repository (``where`` names it).
+    """
+    if any(name.endswith(".safetensors") for name in files):
+        return
+    pickles = sorted(name for name in files if name.endswith(PICKLE_SUFFIXES) and "training_args" not in name)
+    if not pickles:
+        raise UnknownModelError(f"{where} has a config.json but no weights (*.safetensors); save the model into it "
+                                "with save_pretrained(), or give another directory or a registry name")
+    if not allow_pickle:
+        shown = ", ".join(pickles[:3]) + (f" and {len(pickles) - 3} more" if len(pickles) > 3 else "")
+        raise UnknownModelError(f"{where} holds its weights only as pickle files ({shown}), which can run arbitrary "
+                                "code when loaded; convert them to safetensors (save_pretrained(dir, "
+                                "safe_serialization=True)), or if you trust them pass --allow-pickle-weights "
+                                "(config: allow_pickle_weights: true)")
+
+
+def _hub_files(name: str) -> list[str] | None:
+    """File names of a Hub repository: its listing online, else its cached snapshot; None when unknown."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    try:
+        if not constants.HF_HUB_OFFLINE and os.environ.get("TRANSFORMERS_OFFLINE") != "1":
+            return list(huggingface_hub.list_repo_files(name))
+    except Exception:  # any failure (network, unknown repo): the cache, then the loader's own error decide
+        pass
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid repo id: the loader's own error names the spec
+        return None
+    return [p.name for p in Path(cached).parent.iterdir()] if isinstance(cached, str) else None
+
+
 def _boot(path_or_name: str, device: str, dtype: torch.dtype) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
     from transformers.utils import logging as hf_logging
@@ -56,10 +96,13 @@ def _boot(path_or_name: str, device: str, dtype: torch.dtype) -> Any:
         hf_logging.enable_progress_bar()
 
 
-def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> HookedModel:
+def load_model(spec: str, device: str = "cpu", dtype: str = "float32", allow_pickle: bool = False) -> HookedModel:
     """Load a model by registry name (``smollm2-135m``, ``gemma3-270m``, ``minilm-l6``, ``toy-planted``,
     ``toy-induction``), local Hugging Face directory, or Hugging Face Hub name (``gpt2``, ``org/model``).
 
+    A directory or Hub repository whose weights are only pickle files (``pytorch_model.bin``, ``*.pt``,
+    ...) is refused unless ``allow_pickle`` (:func:`check_weight_files`); even then transformers reads
+    them with ``torch.load(weights_only=True)``, and prefers ``*.safetensors`` whenever both exist.
     Raises UnknownModelError / ModelPackMissingError with the fix in one line.
     """
     if dtype not in DTYPES:
@@ -77,10 +120,14 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Hooked
         if not (path / "config.json").is_file():
             raise UnknownModelError(f"directory {spec!r} is not a Hugging Face model directory (no config.json); "
                                     "save the model with save_pretrained() or give a registry name")
+        check_weight_files([p.name for p in path.iterdir()], f"model directory {spec!r}", allow_pickle)
         return wrap_bridge(_boot(str(path), device, torch_dtype), spec, source=str(path.resolve()))
     if path.exists() or spec.startswith((".", "/", "~")):
         raise UnknownModelError(f"model directory {spec!r} does not exist; give an existing Hugging Face directory "
                                 f"or a registry name ({', '.join(REGISTRY)})")
+    files = _hub_files(spec)
+    if files is not None:
+        check_weight_files(files, f"Hub model {spec!r}", allow_pickle)
     try:
         bridge = _boot(spec, device, torch_dtype)
     except (OSError, ValueError, KeyError) as exc:

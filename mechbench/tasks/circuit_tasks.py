@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from mechbench.core.hooked import HookedModel
+from mechbench.core.limits import check_context
 from mechbench.errors import DatasetError
 from mechbench.tasks.files import read_source
 
@@ -242,37 +243,52 @@ def make_task(model: HookedModel, task: str, n: int = 32, seed: int = 0) -> Pair
 
 
 # ---------------------------------------------------------------------------- tokenisation
-def _answer_id(model: HookedModel, value: str | int, where: str) -> int:
-    if isinstance(value, int):
-        return value
-    ids = _encode(model, value)
-    if len(ids) != 1:
-        raise DatasetError(f"{where}: answer {value!r} is {len(ids)} tokens for {model.name}; answers must be "
-                           "single tokens (include the leading space, e.g. ' Mary')")
-    return ids[0]
+#: offending answers named in full by :func:`tokenize_pairs` before "and N more"
+SHOWN_ANSWERS = 3
+
+
+def _answer_ids(model: HookedModel, task: PairTask) -> tuple[list[int], list[int]]:
+    """Answer and wrong-answer token ids; one DatasetError naming every answer that is not a single token."""
+    ids: dict[str, list[int]] = {"answer": [], "wrong": []}
+    bad: list[str] = []
+    for i, example in enumerate(task.example_ids):
+        for field in ("answer", "wrong"):
+            value = getattr(task, field)[i]
+            tokens = [value] if isinstance(value, int) else _encode(model, value)
+            if len(tokens) != 1:
+                bad.append(f"{example} {field} {value!r} ({len(tokens)} tokens)")
+            ids[field].append(tokens[0] if tokens else -1)
+    if bad:
+        more = f" and {len(bad) - SHOWN_ANSWERS} more" if len(bad) > SHOWN_ANSWERS else ""
+        raise DatasetError(f"task {task.name!r}: {len(bad)} answers are not single tokens for {model.name}: "
+                           f"{'; '.join(bad[:SHOWN_ANSWERS])}{more}; answers must be single tokens (include the "
+                           "leading space, e.g. ' Mary')")
+    return ids["answer"], ids["wrong"]
 
 
 def tokenize_pairs(model: HookedModel, task: PairTask, prepend_bos: bool | None = None) -> PairTokens:
-    """Tokenise a pair task; every clean/corrupt pair must have the same length and single-token answers."""
+    """Tokenise a pair task; every clean/corrupt pair must have the same length, fit the context window
+    and hold token ids of the vocabulary, and every answer must be a single token."""
     if len(task) == 0:
         raise DatasetError(f"task {task.name!r} has no examples")
-    rows_clean, rows_corrupt, answers, wrongs = [], [], [], []
+    answers, wrongs = _answer_ids(model, task)
+    rows_clean, rows_corrupt = [], []
     for i, example in enumerate(task.example_ids):
+        where = f"task {task.name!r} example {example!r}"
         pair = []
         for text in (task.clean[i], task.corrupt[i]):
             ids = list(text) if not isinstance(text, str) else model.tokenize(text, prepend_bos)[0].tolist()
             pair.append(torch.tensor(ids, dtype=torch.long))
         if pair[0].numel() != pair[1].numel():
-            raise DatasetError(f"task {task.name!r} example {example!r}: clean and corrupt prompts have "
-                               f"{pair[0].numel()} and {pair[1].numel()} tokens; they must align token by token")
+            raise DatasetError(f"{where}: clean and corrupt prompts have {pair[0].numel()} and {pair[1].numel()} "
+                               "tokens; they must align token by token")
+        for tokens in (*pair, torch.tensor([answers[i], wrongs[i]])):
+            model.check_token_ids(tokens, where)
+        check_context(pair[0].numel(), model.architecture.n_ctx, model.name,
+                      f"{where} has {pair[0].numel()} tokens", "use shorter prompts")
         rows_clean.append(pair[0])
         rows_corrupt.append(pair[1])
-        answers.append(_answer_id(model, task.answer[i], f"task {task.name!r} example {example!r}"))
-        wrongs.append(_answer_id(model, task.wrong[i], f"task {task.name!r} example {example!r}"))
     lengths = torch.tensor([r.numel() for r in rows_clean])
-    if int(lengths.max()) > model.architecture.n_ctx:
-        raise DatasetError(f"task {task.name!r}: prompts of {int(lengths.max())} tokens exceed the context of "
-                           f"{model.name} ({model.architecture.n_ctx})")
     clean = torch.full((len(task), int(lengths.max())), model.pad_id, dtype=torch.long)
     corrupt = clean.clone()
     for row, (a, b) in enumerate(zip(rows_clean, rows_corrupt, strict=True)):

@@ -33,6 +33,7 @@ import numpy as np
 from torch import Tensor
 
 from mechbench.core.hooked import HookedModel
+from mechbench.core.limits import check_context
 from mechbench.errors import CapabilityError, DatasetError
 from mechbench.tasks.files import read_source
 
@@ -127,14 +128,19 @@ def build_trial(model: HookedModel, needle: Needle, haystack: str, context_lengt
     """Hide ``needle`` at ``depth`` percent of a ``context_length``-token context and tokenise the prompt.
 
     Raises DatasetError when the depth is outside 0..100 (deeper than the context), when the context
-    has no room for the haystack, when prompt plus ``max_new_tokens`` exceeds the model's window, or
-    when the answer is not found in the tokenized prompt.
+    has no room for the haystack, when the needle, or the prompt plus ``max_new_tokens``, exceeds the
+    model's window, or when the answer's tokens in the prompt do not read as the answer
+    (:func:`answer_span`); CapabilityError for a tokenizer without character offsets (a slow one).
     """
     if not 0 <= depth <= 100:
         raise DatasetError(f"needle depth {depth}% is deeper than the context; depths are percentages 0..100")
     tokenizer = _tokenizer(model)
+    model.require_offsets()
     needle_text = needle.needle.strip()
     n_needle = len(tokenizer(" " + needle_text, add_special_tokens=False)["input_ids"])
+    n_ctx = model.architecture.n_ctx
+    check_context(n_needle, n_ctx, model.name, f"needle {needle.id!r} has {n_needle} tokens",
+                  "shorten the needle")
     keep = context_length - buffer - n_needle
     if keep < 1:
         raise DatasetError(f"context length {context_length} has no room for the haystack (needle {needle.id!r} "
@@ -165,14 +171,31 @@ def build_trial(model: HookedModel, needle: Needle, haystack: str, context_lengt
         prompt = context + question
     prepend_bos = False if chat else None  # the chat template writes its own special tokens
     prompt_ids, _ = model.tokenize(prompt, prepend_bos=prepend_bos)
-    span = model.token_span(prompt, answer_start, answer_start + len(needle.answer), prepend_bos=prepend_bos)
-    if prompt_ids.numel() + max_new_tokens > model.architecture.n_ctx:
-        raise DatasetError(f"context length {context_length} gives a {prompt_ids.numel()}-token prompt, which with "
-                           f"{max_new_tokens} new tokens is longer than the context window of {model.name} "
-                           f"({model.architecture.n_ctx}); lower the largest context length")
+    check_context(prompt_ids.numel() + max_new_tokens, n_ctx, model.name,
+                  f"the prompt for context length {context_length} has {prompt_ids.numel()} tokens + "
+                  f"{max_new_tokens} new tokens", "lower the largest context length")
+    span = answer_span(model, needle, prompt, answer_start, prompt_ids, prepend_bos)
     return NiahTrial(id=f"{needle.id}-len{context_length}-depth{depth}", needle_id=needle.id,
                      context_length=context_length, depth=depth, prompt_ids=prompt_ids, answer_span=span,
                      answer=needle.answer, prompt=prompt)
+
+
+def answer_span(model: HookedModel, needle: Needle, prompt: str, start: int, prompt_ids: Tensor,
+                prepend_bos: bool | None) -> tuple[int, int]:
+    """Token span of the answer at character ``start`` of ``prompt``; its tokens must read as the answer
+    (up to whitespace and case, which some tokenizers' decoding changes), else a copy of them would not
+    be a copy of the answer."""
+    try:
+        first, last = model.token_span(prompt, start, start + len(needle.answer), prepend_bos=prepend_bos)
+    except DatasetError:
+        raise DatasetError(f"needle {needle.id!r}: answer {needle.answer!r} is not found in the tokenized prompt "
+                           "(no token covers it); give an answer with visible characters") from None
+    found = model.tokenizer.decode(prompt_ids[first:last].tolist())
+    if "".join(found.split()).casefold() != "".join(needle.answer.split()).casefold():
+        raise DatasetError(f"needle {needle.id!r}: answer {needle.answer!r} does not fall on token boundaries of the "
+                           f"prompt (its tokens read {found!r}); make the answer whole words of the needle, "
+                           "without a leading or trailing space")
+    return first, last
 
 
 def build_trials(model: HookedModel, needles: list[Needle], haystack: str, lengths: list[int], depths: list[int],
