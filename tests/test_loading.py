@@ -109,3 +109,26 @@ def test_character_spans_map_to_token_positions(tiny_llama):
 
     with pytest.raises(DatasetError, match="no token covers"):
         tiny_llama.token_span(text + "   ", len(text) + 1, len(text) + 2)
+
+
+def test_build_once_builds_once_and_shows_only_its_own_lines(tmp_path, capsys):
+    """A conversion prints its start and end line; the converter's own stderr (progress bars) is
+    swallowed; a second call finds the artifact and prints nothing."""
+    import sys
+
+    from mechbench.models.cache import build_once
+
+    calls = []
+
+    def build(out):
+        calls.append(out)
+        print("Converting tensors: 100%|##########| 272/272", file=sys.stderr)
+        (out / "weights.bin").write_text("w")
+
+    target = tmp_path / "models" / "m"
+    assert build_once(target, build, "converting m") == target
+    assert (target / "weights.bin").read_text() == "w"
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("mechbench: converting m ->") and "done in" in lines[1]
+    build_once(target, build, "converting m")
+    assert len(calls) == 1 and capsys.readouterr().err == ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import shutil
 import sys
@@ -31,7 +32,8 @@ def cache_dir() -> Path:
 def build_once(target: Path, build: Callable[[Path], None], message: str) -> Path:
     """Return ``target``, building it first with ``build(tmp_dir)`` if it does not exist yet.
 
-    ``message`` is printed to stderr while building (conversions take tens of seconds).
+    ``message`` is printed to stderr while building (conversions take tens of seconds); what the
+    build itself writes there (the converters' progress bars) is swallowed, so the user sees two lines.
     """
     if target.exists():
         return target
@@ -45,7 +47,8 @@ def build_once(target: Path, build: Callable[[Path], None], message: str) -> Pat
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             tmp.chmod(0o755)
-            build(tmp)
+            with contextlib.redirect_stderr(io.StringIO()):
+                build(tmp)
             os.replace(tmp, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
