@@ -1,9 +1,12 @@
-"""Interrupted runs: `mechbench analyze` stopped mid-run by SIGINT, SIGTERM or SIGKILL keeps only complete
-partitions, its manifest says ``interrupted``, and ``--resume`` finishes it without recomputing what was
-written, into the same table an uninterrupted run gives.
+"""Interrupted and concurrent runs of the real console script.
 
-The run to kill is the real console-script entry point (``mechbench.cli.main``) in a forked child, so it
-inherits the already imported torch instead of importing it again (minutes on the CI machine). The child
+`mechbench analyze` stopped mid-run by SIGINT, SIGTERM or SIGKILL keeps only complete partitions, its
+manifest says ``interrupted``, and ``--resume`` finishes it without recomputing what was written, into
+the same table an uninterrupted run gives. Two `mechbench analyze` processes writing into one store at
+once both finish, and each run's table is the one a run alone gives.
+
+Each run is the console-script entry point (``mechbench.cli.main``) in a forked child, so it inherits the
+already imported torch instead of importing it again (minutes on the CI machine). A child to interrupt
 signals itself right after the manifest records the first analysis: a deterministic "mid-run".
 """
 
@@ -31,12 +34,12 @@ def write_config(tmp_path: Path, model: Path) -> Path:
     return path
 
 
-def analyze_and_signal_after_first_analysis(argv: list[str], signum: int, out: Path) -> int:
-    """Fork; the child runs the console script and sends itself ``signum`` once the first analysis is
-    recorded. Returns the child's wait status; its stdout and stderr end up in ``out``."""
+def start_analyze(argv: list[str], out: Path, signum: int | None = None) -> int:
+    """Fork a child that runs the console script with ``argv`` (and, with ``signum``, sends itself that
+    signal once the first analysis is recorded); its stdout and stderr go to ``out``. Returns its pid."""
     pid = os.fork()
     if pid:
-        return os.waitpid(pid, 0)[1]
+        return pid
     try:  # the child: never return into pytest
         import torch
 
@@ -46,17 +49,23 @@ def analyze_and_signal_after_first_analysis(argv: list[str], signum: int, out: P
         os.dup2(descriptor, 2)
         sys.stdout = sys.stderr = open(descriptor, "w", buffering=1)  # noqa: SIM115 (pytest replaced both)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        record_shard = ResultStore.record_shard
+        if signum is not None:
+            record_shard = ResultStore.record_shard
 
-        def record_then_signal(self: ResultStore, *args: object, **kwargs: object) -> None:
-            record_shard(self, *args, **kwargs)
-            os.kill(os.getpid(), signum)
+            def record_then_signal(self: ResultStore, *args: object, **kwargs: object) -> None:
+                record_shard(self, *args, **kwargs)
+                os.kill(os.getpid(), signum)
 
-        ResultStore.record_shard = record_then_signal  # type: ignore[method-assign]
+            ResultStore.record_shard = record_then_signal  # type: ignore[method-assign]
         sys.argv = ["mechbench", *argv]
         main()
     finally:
         os._exit(99)  # main() leaves with os._exit itself; reaching here means it raised
+
+
+def table(store: ResultStore, run: str):
+    """A run's rows without the run id: what two runs of one config must share."""
+    return store.read(run_id=run).drop(columns="run_id").reset_index(drop=True)
 
 
 @pytest.fixture
@@ -78,7 +87,7 @@ def test_killed_run_keeps_whole_partitions_and_resumes_to_the_same_table(tmp_pat
     runner = CliRunner()
     assert runner.invoke(app, [*args, "--run-id", "whole"], catch_exceptions=False).exit_code == 0
 
-    status = analyze_and_signal_after_first_analysis([*args, "--run-id", "cut"], signum, tmp_path / "out.txt")
+    status = os.waitpid(start_analyze([*args, "--run-id", "cut"], tmp_path / "out.txt", signum), 0)[1]
     output = (tmp_path / "out.txt").read_text()
     if signum == signal.SIGKILL:
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, output
@@ -104,10 +113,26 @@ def test_killed_run_keeps_whole_partitions_and_resumes_to_the_same_table(tmp_pat
     assert (after.st_ino, after.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)  # not recomputed
     assert store.manifest("cut")["status"] == "complete"
 
-    def table(run: str):
-        return store.read(run_id=run).drop(columns="run_id").reset_index(drop=True)
+    assert table(store, "cut").equals(table(store, "whole"))
 
-    assert table("cut").equals(table("whole"))
+
+def test_two_analyze_processes_into_one_store_lose_nothing(tmp_path, tiny_llama_dir, one_thread):
+    config = write_config(tmp_path, tiny_llama_dir)
+    store = ResultStore(tmp_path / "store")
+    args = ["analyze", "--config", str(config), "--no-progress", "--no-report"]
+    assert CliRunner().invoke(app, [*args, "--run-id", "alone"], catch_exceptions=False).exit_code == 0
+
+    children = {run: start_analyze([*args, "--run-id", run], tmp_path / f"{run}.txt") for run in ("left", "right")}
+    for run, pid in children.items():
+        status = os.waitpid(pid, 0)[1]
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (tmp_path / f"{run}.txt").read_text()
+    for run in children:
+        manifest = store.manifest(run)
+        assert manifest["status"] == "complete"
+        assert sorted(manifest["shards"]) == ["patterns", "sinks"]
+        assert table(store, run).equals(table(store, "alone"))
+    assert sorted(m["run_id"] for m in store.manifests()) == ["alone", "left", "right"]
+    assert not [p for p in store.root.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_a_run_whose_process_still_runs_is_not_resumed(tmp_path, tiny_llama_dir):
