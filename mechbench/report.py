@@ -81,8 +81,9 @@ def head_metrics(frame: pd.DataFrame) -> list[HeadMetric]:
     heads = frame[frame["layer"].notna() & frame["head"].notna()]
     for (analysis, metric), rows in heads.groupby(["analysis", "metric"], sort=True):
         spec = ANALYSES.get(str(analysis))
+        headline = spec.headline_metric(heads.loc[heads["analysis"] == analysis, "metric"]) if spec else None
         if rows["position"].notna().any():
-            if spec is None or spec.headline_metric != metric or spec.headline_position is None:
+            if headline != metric or spec is None or spec.headline_position is None:
                 continue
             rows = rows[rows["position"] == spec.headline_position]
         facets = _facet_columns(_without_empty_extras(rows))
@@ -93,7 +94,7 @@ def head_metrics(frame: pd.DataFrame) -> list[HeadMetric]:
             key = key if isinstance(key, tuple) else (key,)
             condition = ", ".join(f"{c}={v}" for c, v in zip(facets, key, strict=True))
             values = part.groupby(["layer", "head"], as_index=False)["value"].mean()
-            if spec is not None and spec.headline_metric == metric and spec.headline_position is not None:
+            if spec is not None and headline == metric and spec.headline_position is not None:
                 condition = condition or f"position {spec.headline_position}"
             out.append(HeadMetric(str(analysis), str(metric), condition, values))
     return out
@@ -170,11 +171,12 @@ def _analysis_page(analysis: str, frame: pd.DataFrame, metrics: list[HeadMetric]
     parts = [f'<section id="{_anchor(analysis)}"><h2>{html.escape(analysis)}</h2>']
     if spec is not None:
         parts.append(f"<p>{html.escape(spec.description)}.<br><em>{html.escape(spec.citation)}</em></p>")
-        if spec.headline_metric is not None:
-            best = top_heads(frame, spec.headline_metric, spec.headline_position, 10)
+        headline = spec.headline_metric(frame["metric"])
+        if headline is not None:
+            best = top_heads(frame, headline, spec.headline_position, 10)
             if not best.empty:
                 at = "" if spec.headline_position is None else f" at position {spec.headline_position}"
-                parts.append(f"<h3>Top heads by {html.escape(spec.headline_metric)}{at}</h3>")
+                parts.append(f"<h3>Top heads by {html.escape(headline)}{at}</h3>")
                 best = best.astype({"layer": int, "head": int})
                 parts.append(best.to_html(index=False, float_format="{:.4f}".format))
     for item in metrics:

@@ -162,7 +162,7 @@ def top_heads_lines(store_path: str, analysis: str | None = None, metric: str | 
     lines = []
     for name, rows in frame.groupby("analysis"):
         spec = ANALYSES.get(str(name))
-        chosen_metric = metric or (spec.headline_metric if spec else str(rows["metric"].iloc[0]))
+        chosen_metric = metric or (spec.headline_metric(rows["metric"]) if spec else str(rows["metric"].iloc[0]))
         if chosen_metric is None:
             if analysis is not None:
                 raise StoreError(f"analysis {name!r} has no per-head ranking by default; pass --metric "

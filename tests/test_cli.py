@@ -144,3 +144,23 @@ def test_sinks_notebook_runs_on_a_store(tmp_path, tiny_llama_dir, run_notebook):
     shown = run_notebook("attention_sinks.ipynb", tmp_path / "store")
     assert len(shown) == 8  # 2 sink plots, 2 hidden-sink plots, massive profile, 2 ACT plots, streaming
     assert all(len(figure.data) > 0 for figure in shown)
+
+
+def test_show_ranks_by_the_first_headline_metric_the_run_wrote(tmp_path):
+    """A circuits run without activation patching (the first headline) is ranked by attribution patching,
+    in `show` and in the report, instead of failing after the run."""
+    import pandas as pd
+
+    from mechbench.report import write_report
+
+    store = ResultStore(tmp_path / "store")
+    store.start_run("c", {"model": "m", "config": {"seed": 0}})
+    rows = pd.DataFrame({"run_id": "c", "analysis": "circuits", "model": "m", "metric": "attr_patch", "task": "ioi",
+                         "layer": [0, 0, 1], "head": [0, 1, 0], "value": [0.1, 0.9, 0.5]})
+    store.write(pd.concat([rows, rows.assign(metric="dla", value=[3.0, 2.0, 1.0])]))
+    store.finish_run("c", "complete")
+    result = invoke("show", "--store", str(tmp_path / "store"), "--top", "2")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["circuits (run c, model m): top 2 heads by attr_patch",
+                                          "  L0   H1   0.9000", "  L1   H0   0.5000"]
+    assert "Top heads by attr_patch" in write_report(store, "c").read_text()

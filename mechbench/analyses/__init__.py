@@ -6,7 +6,7 @@ help text come from it, so an analysis that is not registered cannot be half-vis
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -25,14 +25,20 @@ class AnalysisSpec:
     citation: str
     config_model: type[StrictModel]
     run: Callable[[HookedModel, StrictModel, bool], pd.DataFrame]
-    #: (metric, position) whose per-head values `mechbench show` ranks by default (None: no per-head ranking).
-    headline_metric: str | None
+    #: per-head metrics `mechbench show` and the report rank by default, in order of preference: a run's
+    #: options decide which it writes (e.g. circuits without activation patching); empty: no ranking.
+    headline_metrics: tuple[str, ...]
     headline_position: int | None = None
     #: checks the options need no model for (e.g. the dataset exists and is not empty), run before loading
     check: Callable[[StrictModel], None] | None = None
     #: the analysis's own figures for the report and notebooks (beyond the generic per-head heatmaps);
     #: each takes the analysis's rows of one run and returns only non-empty figures
     figures: Callable[[pd.DataFrame], list[go.Figure]] | None = None
+
+    def headline_metric(self, written: Iterable[str]) -> str | None:
+        """The first of :attr:`headline_metrics` among the metrics a run ``written`` (None if none is)."""
+        present = set(written)
+        return next((metric for metric in self.headline_metrics if metric in present), None)
 
 
 ANALYSES: dict[str, AnalysisSpec] = {}
@@ -62,7 +68,7 @@ def _register_builtin() -> None:
         citation="Gu et al. 2024, When Attention Sink Emerges in Language Models (arXiv 2410.10781)",
         config_model=sinks.SinksConfig,
         run=sinks.run_sinks_from_config,
-        headline_metric="sink_score_mean",
+        headline_metrics=("sink_score_mean",),
         headline_position=0,
         check=sinks.check_config,
         figures=figures.sinks_figures,
@@ -73,7 +79,7 @@ def _register_builtin() -> None:
         citation="Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality (arXiv 2404.15574)",
         config_model=retrieval.RetrievalConfig,
         run=retrieval.run_retrieval_from_config,
-        headline_metric="retrieval_score",
+        headline_metrics=("retrieval_score",),
         check=retrieval.check_config,
         figures=figures.retrieval_figures,
     ))
@@ -85,7 +91,7 @@ def _register_builtin() -> None:
                  "Fine-Grained Policy Optimization (arXiv 2510.13554)",
         config_model=distance.DistanceConfig,
         run=distance.run_distance_from_config,
-        headline_metric="head_span",
+        headline_metrics=("head_span",),
         check=distance.check_config,
         figures=figures.distance_figures,
     ))
@@ -95,7 +101,7 @@ def _register_builtin() -> None:
         citation="attention weights softmax(QK^T/sqrt(d)) as recorded at hook_pattern",
         config_model=patterns.PatternsConfig,
         run=patterns.run_patterns_from_config,
-        headline_metric=None,
+        headline_metrics=(),
         check=patterns.check_config,
         figures=figures.patterns_figures,
     ))
@@ -108,7 +114,7 @@ def _register_builtin() -> None:
                  "Models (arXiv 2310.08744); Wang et al. 2022 (arXiv 2211.00593)",
         config_model=circuits.CircuitsConfig,
         run=circuits.run_circuits_from_config,
-        headline_metric="act_patch_noising",
+        headline_metrics=("act_patch_noising", "act_patch_denoising", "attr_patch", "path_patch", "dla"),
         check=circuits.check_config,
         figures=figures.circuits_figures,
     ))
@@ -121,7 +127,7 @@ def _register_builtin() -> None:
                  "Pandya 2026, XKD-Dial (arXiv 2603.18911); Sundararajan et al. 2017 (integrated gradients)",
         config_model=attribution.AttributionConfig,
         run=attribution.run_attribution_from_config,
-        headline_metric="pearson",
+        headline_metrics=("pearson", "grounding_share"),
         check=attribution.check_config,
         figures=figures.attribution_figures,
     ))
@@ -133,7 +139,7 @@ def _register_builtin() -> None:
                  "(ICLR 2026, arXiv 2601.21709)",
         config_model=tappa.TappaConfig,
         run=tappa.run_tappa_from_config,
-        headline_metric="q_similarity",
+        headline_metrics=("q_similarity",),
         check=tappa.check_config,
         figures=figures.tappa_figures,
     ))
