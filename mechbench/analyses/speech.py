@@ -173,8 +173,9 @@ class SpeechConfig(StrictModel):
         "0, or the mean of the utterance's audio frames")
     perturbations_per_eval: PositiveInt = Field(4, description="occluded inputs per forward pass")
     resample: bool = Field(True, description="resample WAV files that are not 16 kHz (else refuse them)")
-    voice: str = Field("en-us", description="espeak-ng voice of synthesised utterances")
-    words_per_minute: PositiveInt = Field(150, description="espeak-ng speaking rate")
+    voice: str = Field("en-us", pattern=r"^[A-Za-z0-9_+/-]+$", description="espeak-ng voice of synthesised "
+                       "utterances (`espeak-ng --voices` lists them)")
+    words_per_minute: int = Field(150, ge=80, le=450, description="espeak-ng speaking rate (80..450)")
     max_new_tokens: PositiveInt = Field(64, description="longest transcription (tokens)")
     maps_for: NonNegativeInt = Field(1, description="store the log-mel, cross-attention and saliency maps of the "
                                      "first N utterances (for the spectrogram overlay)")
@@ -182,12 +183,13 @@ class SpeechConfig(StrictModel):
 
 def check_config(config: SpeechConfig) -> None:
     """Fail before the model is loaded on a bad utterance file, unreadable audio or a missing espeak-ng."""
-    for utterance in load_utterances(config.utterances, config.limit):
+    utterances = load_utterances(config.utterances, config.limit)
+    for utterance in utterances:
         if utterance.wav is not None:
             read_wav(utterance.wav, SAMPLE_RATE if config.resample else None)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                synthesize("check", Path(tmp) / "check.wav", config.voice, config.words_per_minute)
+    if any(utterance.wav is None for utterance in utterances):  # espeak-ng is there and knows the voice
+        with tempfile.TemporaryDirectory() as tmp:
+            synthesize("check", Path(tmp) / "check.wav", config.voice, config.words_per_minute)
 
 
 # ---------------------------------------------------------------------------- runner
