@@ -134,7 +134,7 @@ def latest_run(store: ResultStore, analysis: str | None = None, model: str | Non
                complete_only: bool = False) -> str:
     """Id of the most recently started run in a store; only runs that wrote rows of ``analysis``, ran
     ``model`` or (``complete_only``) finished, when asked."""
-    if not store.root.exists():
+    if not store.root.is_dir():
         raise StoreError(f"no result store at {store.root}; run `mechbench analyze` first or pass --store")
     manifests = store.manifests()
     if not manifests:

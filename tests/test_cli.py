@@ -127,6 +127,9 @@ def test_unknown_analysis_on_the_command_line(tmp_path):
 
 def test_show_without_store(tmp_path):
     assert_one_line_error(invoke("show", "--store", str(tmp_path / "none")), r"no result store")
+    (tmp_path / "file").write_text("not a store")
+    for command in ("show", "report"):
+        assert_one_line_error(invoke(command, "--store", str(tmp_path / "file")), r"no result store at .*file; run")
 
 
 def test_sinks_notebook_runs_on_a_store(tmp_path, tiny_llama_dir, run_notebook):
