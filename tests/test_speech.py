@@ -127,7 +127,10 @@ def test_converted_whisper_tiny_en_loads_every_key_and_transcribes(tmp_path):
         torch.testing.assert_close(model.bridge.state_dict()[key], torch.from_numpy(state[key]), rtol=0, atol=0)
     text = "Please return the books to the library before Friday."  # the built-in "library" utterance
     audio = read_wav(synthesize(text, tmp_path / "library.wav"))
-    transcript = model.decode(model.transcribe(model.log_mel(audio)))
+    assert model.prompt_ids == [50257, 50362]  # <|startoftranscript|><|notimestamps|>
+    generated = model.transcribe(model.log_mel(audio))
+    assert generated and max(generated) < 50256  # text tokens only: no special token is explained
+    transcript = model.decode(generated)
     assert word_error_rate(text, transcript) <= 0.25, transcript
 
 

@@ -28,6 +28,8 @@ from mechbench.errors import CapabilityError
 #: Whisper's feature front end: 80 (or 128) log-mel bins, 25 ms windows (n_fft 400), 10 ms hop (160 samples).
 HOP_LENGTH = 160
 N_FFT = 400
+#: the decoder prompt token that asks for a transcript without timestamp tokens
+NO_TIMESTAMPS = "<|notimestamps|>"
 
 
 def is_whisper_dir(path: Path) -> bool:
@@ -109,11 +111,11 @@ class SpeechModel(HookedModel):
 
     @property
     def prompt_ids(self) -> list[int]:
-        """Decoder prefix: start-of-transcript, then no-timestamps when the model has that token."""
-        generation = self.bridge.generation_config
-        ids = [int(generation.decoder_start_token_id)]
-        no_timestamps = getattr(generation, "no_timestamps_token_id", None)
-        return ids + ([int(no_timestamps)] if no_timestamps is not None else [])
+        """Decoder prefix: start-of-transcript, then ``<|notimestamps|>`` when the tokenizer has it (every
+        Whisper vocabulary does; transformers does not keep the id in a saved generation config)."""
+        ids = [int(self.bridge.generation_config.decoder_start_token_id)]
+        vocabulary = self.tokenizer.get_vocab()
+        return ids + ([int(vocabulary[NO_TIMESTAMPS])] if NO_TIMESTAMPS in vocabulary else [])
 
     @property
     def eos_id(self) -> int:

@@ -20,7 +20,6 @@ import numpy as np
 CT2_DTYPES: dict[int, type[np.generic]] = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 #: Whisper's special tokens (all Whisper vocabularies share them for the English-only models)
 START_OF_TRANSCRIPT = 50257
-NO_TIMESTAMPS_ENGLISH_ONLY = 50362
 END_OF_TEXT = 50256
 
 
@@ -159,7 +158,6 @@ def ct2_whisper_to_hf_dir(source: Path, out_dir: Path, source_name: str) -> None
     extra = json.loads((source / "config.json").read_text())
     model.generation_config.decoder_start_token_id = START_OF_TRANSCRIPT
     model.generation_config.eos_token_id = END_OF_TEXT
-    model.generation_config.no_timestamps_token_id = NO_TIMESTAMPS_ENGLISH_ONLY
     model.generation_config.alignment_heads = extra.get("alignment_heads")
     model.save_pretrained(out_dir)
     special = "<|endoftext|>"
