@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -287,8 +288,10 @@ def direct_logit_attributions(model: HookedModel, pairs: PairTokens, nodes: Sequ
         model.hook_name("resid_post", model.n_layers - 1)
     totals = torch.zeros(len(nodes), dtype=torch.float64)
     for part in chunks(pairs, batch_size):
-        _, _, grads = patching.cache_with_grads(model, part.clean, [final], pair_metric(part),
-                                                hooks=_frozen_final_norm_hooks(model))
+        with warnings.catch_warnings():  # TransformerLens warns that the (deliberately) edited scale is used
+            warnings.filterwarnings("ignore", message="A forward hook edited hook_scale", category=UserWarning)
+            _, _, grads = patching.cache_with_grads(model, part.clean, [final], pair_metric(part),
+                                                    hooks=_frozen_final_norm_hooks(model))
         _, acts = patching.cache(model, part.clean, names)
         rows = torch.arange(len(part))
         direction = grads[final][rows, part.end]  # [batch, d_model]
