@@ -25,7 +25,11 @@ $(VENV)/.installed: pyproject.toml
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "note: chromium not installed; the browser test will fail until you install Debian's chromium"
-	$(BIN)/mechbench models install smollm2-135m minilm-l6
+	@# the speech analysis and its tests synthesise utterances with Debian's espeak-ng
+	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) ; } || \
+	  echo "note: espeak-ng not installed; the speech tests are skipped until you install Debian's espeak-ng"
+	$(BIN)/mechbench models install smollm2-135m minilm-l6 whisper-tiny-en
 	touch $@
 
 demo: setup

@@ -139,6 +139,26 @@ def attribution_figures(frame: pd.DataFrame) -> list[go.Figure]:
     return out
 
 
+def speech_figures(frame: pd.DataFrame) -> list[go.Figure]:
+    """The correlation table per aggregation level (as in Papi et al. 2025), per-layer correlations, the word
+    error rates and the spectrogram overlay of the first token of the first utterance with maps."""
+    out = []
+    pearson = _metric(frame, "xattn_saliency_pearson")
+    if not pearson.empty:
+        out.append(plots.correlation_table(pearson.assign(view=pearson["level"]),
+                                           "Cross-attention vs log-mel saliency per aggregation level"))
+        by_layer = pearson[pearson["level"] == "layer"].groupby(["layer", "method"], as_index=False)["value"].mean()
+        out.append(plots.grouped_bars(by_layer, "layer", "method", "Per-layer cross-attention vs saliency",
+                                      "mean Pearson r"))
+    wer = _metric(frame, "wer")
+    if not wer.empty:
+        out.append(plots.grouped_bars(wer.assign(kind="WER"), "example", "kind", "Word error rate", "WER"))
+    mel = _metric(frame, "log_mel")
+    if not mel.empty:
+        out.append(plots.spectrogram_overlay(frame, str(mel["example"].iloc[0]), 0))
+    return out
+
+
 def tappa_figures(frame: pd.DataFrame) -> list[go.Figure]:
     """q-sim per layer, q-sim vs predictability per head, KV budgets and pruning curves."""
     out = []

@@ -355,3 +355,29 @@ def head_scatter(frame: pd.DataFrame, x: str, y: str, title: str, color: str | N
                                     hovertemplate="%{text}<br>" + x + " %{x:.3f}<br>" + y + " %{y:.3f}<extra></extra>"))
     figure.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=400)
     return figure
+
+
+# ---------------------------------------------------------------------------- speech (issue 8)
+def spectrogram_overlay(frame: pd.DataFrame, example: str, position: int, title: str | None = None) -> go.Figure:
+    """Log-mel spectrogram of one utterance (``log_mel`` rows: ``mel``, ``frame``) with, for the generated token at
+    ``position``, the all-layer cross-attention and each saliency map over the encoder frames (``cross_attention``
+    / ``saliency_<method>`` rows), each scaled to its maximum, as lines on a second axis."""
+    rows = frame[frame["example"] == example]
+    mel = rows[rows["metric"] == "log_mel"].pivot_table(index="mel", columns="frame", values="value")
+    figure = go.Figure(go.Heatmap(z=mel.to_numpy(), x=mel.columns.to_numpy(), y=mel.index.to_numpy(),
+                                  colorscale="Greys", reversescale=True, showscale=False, name="log-mel",
+                                  hovertemplate="frame %{x}, mel %{y}<br>log-mel %{z:.2f}<extra></extra>"))
+    overlays = rows[rows["metric"].isin(["cross_attention"]) | rows["metric"].str.startswith("saliency_")]
+    overlays = overlays[overlays["position"] == position]
+    for metric, part in overlays.groupby("metric"):
+        line = part.sort_values("frame")
+        scale = line["value"].abs().max() or 1.0
+        figure.add_trace(go.Scatter(x=line["frame"], y=line["value"] / scale, mode="lines", yaxis="y2",
+                                    name=str(metric).replace("_", " ")))
+    token = overlays["token"].dropna().iloc[0] if overlays["token"].notna().any() else str(position)
+    figure.update_layout(
+        title=escape_label(title or f"{example}: token {position} {display_token(str(token))!r}"),
+        xaxis_title="encoder frame (20 ms)", yaxis_title="mel bin",
+        yaxis2={"overlaying": "y", "side": "right", "range": [0, 1.05], "title": "value / max"},
+        height=420, legend={"orientation": "h", "y": -0.2})
+    return figure

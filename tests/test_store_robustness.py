@@ -437,7 +437,7 @@ JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=
                            | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=10)
 TOP_KEYS = st.sampled_from(sorted(RunConfig.model_fields)) | st.text(max_size=6)
 ANALYSIS_NAMES = st.sampled_from(["sinks", "retrieval", "tappa", "distance", "circuits", "attribution", "patterns",
-                                  "nope"])
+                                  "speech", "nope"])
 
 
 @PROPERTY

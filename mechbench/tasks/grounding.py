@@ -16,12 +16,10 @@ text, which the analysis maps to token positions.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
 from mechbench.errors import DatasetError
-from mechbench.tasks.files import read_source
+from mechbench.tasks.files import jsonl_records, text_field
 
 BUILTIN = "builtin"
 
@@ -47,45 +45,14 @@ class GroundedItem:
     cited: int
 
 
-def _records(source: str, data_file: str, what: str, fields: str) -> list[tuple[int, dict[str, Any], str]]:
-    text, path = read_source(source, BUILTIN, data_file, f"{what} file {source!r} not found or not .jsonl; give "
-                             f"'builtin' or an existing .jsonl file of {{{fields}}} lines", suffixes=(".jsonl",))
-    where = f"the built-in {what} set" if path is None else str(path)
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            raise DatasetError(f"{where} line {number} is not a JSON object of {{{fields}}}")
-        record["id"] = str(record.get("id", f"{what}-{len(records)}"))
-        records.append((number, record, where))
-    if not records:
-        raise DatasetError(f"{where} is empty; give at least one {{{fields}}} line")
-    if len({r["id"] for _, r, _ in records}) != len(records):
-        raise DatasetError(f"{where} has duplicate ids; give every line a unique 'id'")
-    return records
-
-
-def _text(record: dict[str, Any], field: str, number: int, where: str, required: bool = True) -> str | None:
-    value = record.get(field)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise DatasetError(f"{where} line {number}: '{field}' must be a non-empty string")
-    return value
-
-
 def load_target_prompts(source: str = BUILTIN, limit: int | None = None) -> list[TargetPrompt]:
     """Prompts from ``"builtin"`` or a ``.jsonl`` of ``{id?, prompt, target?, foil?}`` lines (first ``limit``)."""
     prompts = []
-    for number, record, where in _records(source, "attribution_prompts.jsonl", "prompt", "id, prompt, target, foil"):
-        prompts.append(TargetPrompt(record["id"], _text(record, "prompt", number, where),
-                                    _text(record, "target", number, where, required=False),
-                                    _text(record, "foil", number, where, required=False)))
+    fields = "id, prompt, target, foil"
+    for number, record, where in jsonl_records(source, BUILTIN, "attribution_prompts.jsonl", "prompt", fields):
+        prompts.append(TargetPrompt(record["id"], text_field(record, "prompt", number, where),
+                                    text_field(record, "target", number, where, required=False),
+                                    text_field(record, "foil", number, where, required=False)))
     return prompts[:limit]
 
 
@@ -93,7 +60,7 @@ def load_grounded(source: str = BUILTIN, limit: int | None = None) -> list[Groun
     """Grounded QA items from ``"builtin"`` or a ``.jsonl`` of ``{id?, passages, question, answer, cited}``."""
     items = []
     fields = "id, passages, question, answer, cited"
-    for number, record, where in _records(source, "grounding.jsonl", "grounding", fields):
+    for number, record, where in jsonl_records(source, BUILTIN, "grounding.jsonl", "grounding", fields):
         passages = record.get("passages")
         if (not isinstance(passages, list) or len(passages) < 2
                 or not all(isinstance(p, str) and p.strip() for p in passages)):
@@ -102,8 +69,8 @@ def load_grounded(source: str = BUILTIN, limit: int | None = None) -> list[Groun
         if not isinstance(cited, int) or not 0 <= cited < len(passages):
             raise DatasetError(f"{where} line {number}: 'cited' must be the index (0..{len(passages) - 1}) of the "
                                "passage the answer comes from")
-        items.append(GroundedItem(record["id"], tuple(passages), _text(record, "question", number, where),
-                                  _text(record, "answer", number, where), cited))
+        items.append(GroundedItem(record["id"], tuple(passages), text_field(record, "question", number, where),
+                                  text_field(record, "answer", number, where), cited))
     return items[:limit]
 
 
