@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	@# the speech analysis and its tests synthesise utterances with Debian's espeak-ng
 	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null) ; } || \
-	  echo "note: espeak-ng not installed; the speech tests are skipped until you install Debian's espeak-ng"
+	  echo "note: espeak-ng not installed; the speech tests will fail until you install Debian's espeak-ng"
 	$(BIN)/mechbench models install smollm2-135m minilm-l6 whisper-tiny-en
 	touch $@
 

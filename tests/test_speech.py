@@ -29,7 +29,14 @@ from mechbench.core.audio import read_wav, resample, synthesize
 from mechbench.errors import CapabilityError, DatasetError
 from mechbench.tasks.speech import Utterance, load_utterances
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+@pytest.fixture
+def espeak() -> None:
+    """Tests that synthesise speech fail (never skip) without Debian's espeak-ng; `make setup` installs it."""
+    assert shutil.which("espeak-ng"), "Debian's espeak-ng is needed for the speech tests: apt-get install espeak-ng"
+
+
+needs_espeak = pytest.mark.usefixtures("espeak")
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1) -> Path:
