@@ -138,7 +138,7 @@ def _register_builtin() -> None:
         citation="Papi et al. 2025, Cross-Attention is Half Explanation in Speech-to-Text Models (arXiv 2509.18010)",
         config_model=speech.SpeechConfig,
         run=speech.run_speech_from_config,
-        headline_metric="xattn_saliency_pearson",
+        headline_metrics=("xattn_saliency_pearson",),
         check=speech.check_config,
         figures=figures.speech_figures,
     ))
