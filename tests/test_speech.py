@@ -57,9 +57,8 @@ def tone(seconds: float, rate: int, hz: float = 440.0) -> np.ndarray:
 def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 2+2-layer Whisper (2 heads, d_model 16, 80 mel bins, 1500 encoder frames)
     saved with save_pretrained next to the word tokenizer of the tiny Llama."""
+    from conftest import build_word_tokenizer
     from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    from tests.conftest import build_word_tokenizer
 
     directory = tmp_path_factory.mktemp("tiny-whisper")
     tokenizer = build_word_tokenizer()
