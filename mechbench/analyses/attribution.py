@@ -57,7 +57,7 @@ from mechbench.core.embeddings import frozen_parameters, mean_embedding, run_fro
 from mechbench.core.hooked import HookedModel
 from mechbench.core.limits import check_context
 from mechbench.core.recorder import Recorder
-from mechbench.core.tidy import to_tidy
+from mechbench.core.tidy import complete_columns, to_tidy
 from mechbench.errors import CapabilityError, ConfigError, DatasetError
 from mechbench.tasks.grounding import (
     BUILTIN,
@@ -735,14 +735,8 @@ def run_attribution(model: HookedModel, examples: Sequence[Example], config: Att
             frame["example"] = example.id
             frame["task"] = example.task
             frames.append(frame)
-    frame = pd.concat(frames, ignore_index=True)
-    for column in INT_COLUMNS:
-        if column not in frame:
-            frame[column] = pd.NA
-        frame[column] = frame[column].astype("Int64")
-    for column in ("method", "view", "ranking", "token", "segment", "target"):
-        if column not in frame:
-            frame[column] = None
+    frame = complete_columns(pd.concat(frames, ignore_index=True), INT_COLUMNS,
+                             ("method", "view", "ranking", "token", "segment", "target"))
     if "cited" in frame:
         frame["cited"] = frame["cited"].astype("boolean")
     frame["target_kind"] = [config.target if task == "prompts" else "span" for task in frame["task"]]

@@ -43,7 +43,7 @@ from mechbench.config import StrictModel
 from mechbench.core.audio import SAMPLE_RATE, read_wav, synthesize
 from mechbench.core.hooked import HookedModel
 from mechbench.core.speech import SpeechModel
-from mechbench.core.tidy import to_tidy
+from mechbench.core.tidy import complete_columns, to_tidy
 from mechbench.errors import CapabilityError, DatasetError
 from mechbench.tasks.speech import BUILTIN, Utterance, load_utterances
 
@@ -304,14 +304,7 @@ def run_speech(model: HookedModel, utterances: Sequence[Utterance], config: Spee
             frame["example"] = utterance.id
             frame["seconds"] = len(audio) / SAMPLE_RATE
             frames.append(frame)
-    frame = pd.concat(frames, ignore_index=True)
-    for column in INT_COLUMNS:
-        if column not in frame:
-            frame[column] = pd.NA
-        frame[column] = frame[column].astype("Int64")
-    for column in ("level", "method", "token"):
-        if column not in frame:
-            frame[column] = None
+    frame = complete_columns(pd.concat(frames, ignore_index=True), INT_COLUMNS, ("level", "method", "token"))
     frame["pooling"] = config.pooling
     frame["frames"] = config.frames
     frame["analysis"] = ANALYSIS
