@@ -113,6 +113,33 @@ def distinct_token_sequences() -> list[list[int]]:
 
 
 @pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``publish(model_dir, repo_id)``: lay ``model_dir`` out as a downloaded Hub repository in a private,
+    offline Hugging Face cache, exactly where an online user's download would land, and point
+    huggingface_hub and transformers at that cache."""
+    import shutil
+
+    import huggingface_hub.constants as constants
+    import transformers.utils.hub as hub_utils
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_utils, "TRANSFORMERS_CACHE", str(cache), raising=False)
+
+    def publish(model_dir: Path, repo_id: str) -> None:
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        commit = "0123456789abcdef0123456789abcdef01234567"
+        shutil.copytree(model_dir, repo / "snapshots" / commit)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+
+    return publish
+
+
+@pytest.fixture
 def run_notebook(monkeypatch):
     """``run(name, store, replace=None)``: execute every code cell of ``notebooks/<name>`` against the store
     at ``store`` (its ``"../mechbench-results"`` replaced, and each ``replace`` key by its value, e.g. the

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -41,22 +39,9 @@ def test_gqa_keys_are_repeated_to_query_heads(tiny_llama):
     assert not torch.allclose(k[:, 1], k[:, 2])
 
 
-def test_hub_name_loads_through_the_hub_cache(tiny_llama_dir, tmp_path, monkeypatch):
+def test_hub_name_loads_through_the_hub_cache(tiny_llama_dir, offline_hub):
     """A Hub name resolves through huggingface_hub's cache exactly as an online user's download would."""
-    repo = tmp_path / "hub" / "models--mechbench-test--tiny-llama"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(tiny_llama_dir, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    import transformers.utils.hub as hub_utils
-
-    monkeypatch.setattr(hub_utils, "TRANSFORMERS_CACHE", str(tmp_path / "hub"), raising=False)
+    offline_hub(tiny_llama_dir, "mechbench-test/tiny-llama")
     model = load_model("mechbench-test/tiny-llama")
     assert model.name == "mechbench-test/tiny-llama" and model.architecture.n_kv_heads == 2
     local = load_model(str(tiny_llama_dir))

@@ -328,18 +328,10 @@ def test_allow_pickle_weights_from_the_command_line(pickle_llama_dir, tmp_path):
     assert ResultStore(tmp_path / "store").manifest("p")["config"]["allow_pickle_weights"] is True
 
 
-def test_hub_repository_with_only_pickle_weights_is_refused(pickle_llama_dir, tmp_path, monkeypatch):
+def test_hub_repository_with_only_pickle_weights_is_refused(pickle_llama_dir, offline_hub):
     from mechbench.models.loading import load_model
 
-    repo = tmp_path / "hub" / "models--someone--pickled"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(pickle_llama_dir, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    offline_hub(pickle_llama_dir, "someone/pickled")
     with pytest.raises(UnknownModelError) as info:
         load_model("someone/pickled")
     assert one_line(info).startswith("Hub model 'someone/pickled' holds its weights only as pickle files "
