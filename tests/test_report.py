@@ -240,7 +240,8 @@ def test_compare_models_notebook_runs_missing_analyses_once(tmp_path, tiny_llama
     assert len(store.manifests()) == 2
     run_notebook("compare_models.ipynb", tmp_path / "store", replace)
     assert len(store.manifests()) == 2                                   # the second time reuses both runs
-    row = summary[(summary["metric"] == "sinks: sink_score_mean [position 0]")].iloc[0]
-    frame = store.read(run_id=store.manifests()[0]["run_id"])
+    model = str(tiny_llama_dir)  # runs that start in the same second sort by their random suffix: pick by model
+    row = summary[(summary["metric"] == "sinks: sink_score_mean [position 0]") & (summary["model"] == model)].iloc[0]
+    frame = store.read(run_id=next(m["run_id"] for m in store.manifests() if m["model"] == model))
     values = frame[(frame["metric"] == "sink_score_mean") & (frame["position"] == 0)]["value"]
     assert row["max"] == pytest.approx(values.max()) and row["mean"] == pytest.approx(values.mean())
