@@ -10,6 +10,7 @@ papers' reference code), tokenisation with explicit BOS handling, and a weight f
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,8 @@ class HookedModel:
         self.tokenizer = tokenizer
         self.source = source or name
         self._fingerprint: str | None = None
+        #: whether the fused attention path serves this model (None: not checked yet; see core.fused)
+        self.fused_support: bool | None = None
 
     # ------------------------------------------------------------------ facts
     def __repr__(self) -> str:
@@ -133,9 +136,14 @@ class HookedModel:
             per_head = per_head.repeat_interleave(self.n_heads // per_head.shape[1], dim=1)
         return per_head
 
-    def run_with_hooks(self, batch: Batch, hooks: Sequence[tuple[str, Hook]]) -> Tensor:
-        """One forward pass over a batch with ``(hook name, fn)`` forward hooks attached; returns logits."""
-        kwargs: dict[str, Any] = {}
+    def run_with_hooks(self, batch: Batch, hooks: Sequence[tuple[str, Hook]], last_logits_only: bool = False) -> Tensor:
+        """One forward pass over a batch with ``(hook name, fn)`` forward hooks attached; returns logits.
+
+        ``last_logits_only`` unembeds only the last position (``[batch, 1, vocab]``; Hugging Face's
+        ``logits_to_keep``): for passes that read activations, not predictions, it saves the
+        ``L x vocab`` logits (400 MB at 2k tokens for a 49k vocabulary) and their matmul.
+        """
+        kwargs: dict[str, Any] = {"logits_to_keep": 1} if last_logits_only and self.supports_logits_to_keep else {}
         if not self.causal and batch.is_ragged:
             kwargs["attention_mask"] = batch.attention_mask.to(self.device)
         with torch.no_grad():
@@ -215,6 +223,12 @@ class HookedModel:
             tokens.append(token_ids)
             texts.append(pieces)
         return TokenDataset(tokens=tokens, example_ids=ids, token_texts=texts)
+
+    @property
+    def supports_logits_to_keep(self) -> bool:
+        """Whether the wrapped model is a Hugging Face model that accepts ``logits_to_keep``."""
+        return getattr(self.bridge, "original_model", None) is not None and \
+            "logits_to_keep" in inspect.signature(self.bridge.original_model.forward).parameters
 
     @property
     def vocab_size(self) -> int:

@@ -5,24 +5,38 @@ Recorder attaches hooks for exactly those sites, calls ``reducer(layer, tensor, 
 the hook, and returns nothing to the model, so the tensor is freed when the layer finishes.
 Peak memory is therefore one layer's activations, not the ``layers x heads x L x L`` cache.
 
+The site ``"attention"`` hands a reducer an :class:`~mechbench.core.fused.AttentionView` per layer
+instead of a tensor: by default (``attention="auto"``) from the fused kernel, which rebuilds exact
+pattern rows from ``q``, ``k`` and the softmax normaliser block by block, so memory stays linear in
+the context; on models the fused path cannot drive, or with ``attention="eager"``, from the eager
+``hook_pattern`` (plus the layer's queries and keys).
+
 For short inputs :meth:`Recorder.cache` returns the full tensors, guarded by a memory estimate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechbench.core.dataset import Batch, TokenDataset, iter_batches
+from mechbench.core.fused import AttentionView, DenseAttention, FusedAttention, fused_attention, supports_fused
 from mechbench.core.hooked import HookedModel
 from mechbench.core.limits import check_finite
 from mechbench.errors import CapabilityError
 
-__all__ = ["Batch", "Recorder", "Reducer"]
+__all__ = ["ATTENTION", "AttentionPath", "Batch", "Recorder", "Reducer"]
+
+#: The site whose reducer receives an AttentionView per layer (fused or eager, see the module docstring).
+ATTENTION = "attention"
+#: How the ``attention`` site is served: ``auto`` = fused where the model supports it, else eager.
+AttentionPath = Literal["auto", "fused", "eager"]
+#: Sites computed inside the attention bridge: the fused path bypasses them.
+INSIDE_ATTENTION = frozenset({"pattern", "attn_scores", "q", "k", "v", "z", "rot_q", "rot_k"})
 
 #: Sites that legitimately hold -inf (the causal mask before the softmax): not checked for finiteness.
 MASKED_SITES = frozenset({"attn_scores"})
@@ -34,6 +48,12 @@ class Reducer(Protocol):
     """Receives one layer's head-major tensor for one batch and keeps only what its metric needs."""
 
     def __call__(self, layer: int, activation: Tensor, batch: Batch) -> None: ...
+
+
+class ViewReducer(Protocol):
+    """Receives one layer's :class:`AttentionView` for one batch."""
+
+    def __call__(self, layer: int, view: AttentionView, batch: Batch) -> None: ...
 
 
 class Recorder:
@@ -59,10 +79,47 @@ class Recorder:
                 hooks.append((name, hook))
         return hooks
 
-    def run(self, dataset: TokenDataset, reducers: Mapping[str, Reducer], layers: Sequence[int] | None = None,
-            description: str = "recording", on_logits: Callable[[Tensor, Batch], None] | None = None) -> None:
+    def _eager_view_hooks(self, reducer: ViewReducer, layers: Sequence[int],
+                          current: list[Batch]) -> list[tuple[str, Any]]:
+        """Hooks that assemble a DenseAttention per layer from ``hook_pattern`` and the layer's queries/keys."""
+        query_site, key_site = ("rot_q", "rot_k") if self.model.architecture.uses_rope else ("q", "k")
+        held: dict[str, Tensor] = {}
+        hooks: list[tuple[str, Any]] = []
+        for layer in layers:
+            def keep(activation: Tensor, hook: Any, site: str = "") -> None:
+                held[site] = self.model.head_major(site, activation.detach())
+
+            def pattern(activation: Tensor, hook: Any, layer: int = layer) -> None:
+                check_finite(activation, f"{hook.name} (layer {layer})", self.model.name)
+                reducer(layer, DenseAttention(layer, activation.detach(), held.pop(query_site, None),
+                                              held.pop(key_site, None)), current[0])
+            hooks += [(self.model.hook_name(query_site, layer), lambda a, hook, s=query_site: keep(a, hook, s)),
+                      (self.model.hook_name(key_site, layer), lambda a, hook, s=key_site: keep(a, hook, s)),
+                      (self.model.hook_name("pattern", layer), pattern)]
+        return hooks
+
+    def uses_fused(self, reducers: Mapping[str, Any], attention: AttentionPath = "auto") -> bool:
+        """Whether :meth:`run` serves the ``attention`` site from the fused kernel for these reducers."""
+        if ATTENTION not in reducers or attention == "eager":
+            return False
+        inside = sorted(INSIDE_ATTENTION & set(reducers))
+        if attention == "fused":
+            if inside:
+                raise CapabilityError(f"attention: fused cannot also record {', '.join(inside)} (sites inside the "
+                                      "attention the fused kernel replaces); use attention: eager")
+            if not supports_fused(self.model):
+                raise CapabilityError(f"the fused attention path does not cover {self.model.name} (its attention is "
+                                      "not a Hugging Face attention module with a fused kernel); use attention: eager")
+            return True
+        return not inside and supports_fused(self.model)
+
+    def run(self, dataset: TokenDataset, reducers: Mapping[str, Any], layers: Sequence[int] | None = None,
+            description: str = "recording", on_logits: Callable[[Tensor, Batch], None] | None = None,
+            attention: AttentionPath = "auto") -> None:
         """Run every example once; each reducer sees every requested layer of every batch.
 
+        ``reducers`` maps a site to a :class:`Reducer` (a tensor per layer), or ``"attention"`` to a
+        :class:`ViewReducer` (an :class:`AttentionView` per layer, served as ``attention`` says).
         ``on_logits(logits [batch, pos, vocab], batch)``, when given, receives each batch's output of
         the same forward pass (e.g. next-token entropies), so no second pass is needed.
         """
@@ -70,14 +127,30 @@ class Recorder:
             raise CapabilityError("the Recorder needs at least one (site, reducer) pair")
         layers = list(range(self.model.n_layers)) if layers is None else list(layers)
         current: list[Batch] = []
-        hooks = self._hooks(reducers, layers, current)
+        fused = self.uses_fused(reducers, attention)
+        view_reducer = reducers.get(ATTENTION)
+        hooks = self._hooks({site: r for site, r in reducers.items() if site != ATTENTION}, layers, current)
+        if view_reducer is not None and not fused:
+            hooks += self._eager_view_hooks(view_reducer, layers, current)
+        wanted = set(layers)
+
+        def consume(view: FusedAttention) -> None:
+            if view.layer in wanted:
+                check_finite(view.logsumexp, f"the attention normaliser of layer {view.layer}", self.model.name)
+                view_reducer(view.layer, view, current[0])
+
         n_batches = -(-len(dataset) // self.batch_size)
         batches = iter_batches(dataset, self.batch_size, pad_id=self.model.pad_id)
         try:
             for batch in tqdm(batches, total=n_batches, desc=description, disable=not self.progress,
                               unit="batch", leave=False):
                 current[:] = [batch]
-                logits = self.model.run_with_hooks(batch, hooks)
+                last_only = on_logits is None
+                if fused:
+                    with fused_attention(self.model.bridge, consume):
+                        logits = self.model.run_with_hooks(batch, hooks, last_logits_only=last_only)
+                else:
+                    logits = self.model.run_with_hooks(batch, hooks, last_logits_only=last_only)
                 check_finite(logits, "the logits", self.model.name)
                 if on_logits is not None:
                     on_logits(logits, batch)

@@ -1,0 +1,297 @@
+"""Fused attention with exact per-head patterns on demand: the fast path of every pattern metric.
+
+The TransformerBridge computes attention eagerly so that ``hook_pattern`` can fire: a full
+``[batch, head, L, L]`` matrix per layer, 3x slower than the fused kernel at 2k tokens and 4x the
+memory (issue 10). Here each layer instead runs the model's own Hugging Face attention module with
+a fused kernel that also returns the softmax normaliser ``lse[t] = log sum_j exp(s[t, j])`` per
+query, and hands the layer's post-RoPE queries and keys plus ``lse`` to a consumer as a
+:class:`FusedAttention`. Any entry of the pattern is then exact and cheap::
+
+    A[t, j] = exp(s[t, j] - lse[t]),   s[t, j] = scale * q_t . k_j + mask[t, j]
+
+so a metric reads row blocks (:meth:`AttentionView.blocks`, bounded memory), a few columns
+(:meth:`AttentionView.columns`, ``O(L d)``) or the last row of a decoding step, and never the
+whole ``layers x heads x L x L`` tensor. The result equals the eager ``hook_pattern`` to float32
+rounding (tests: ``tests/test_fused.py``).
+
+It applies to models whose attention bridge wraps a Hugging Face attention module that dispatches
+through ``transformers``' attention interface (Llama, Qwen, Gemma 3, Mistral, ... ); logit
+softcapping and learned sink logits have no fused kernel, so those models use the eager path.
+:func:`supports_fused` checks a model once with a two-token forward pass against the eager one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mechbench.errors import CapabilityError
+
+#: Name under which mechbench's attention function is registered with ``transformers``.
+IMPLEMENTATION = "mechbench_fused"
+#: Bytes one block of pattern rows may take (float32): bounds the memory of every blockwise metric.
+DEFAULT_BLOCK_BYTES = 64 * 1024**2
+
+LayerConsumer = Callable[["FusedAttention"], None]
+
+
+class AttentionView:
+    """One layer's attention pattern for one batch, read by row blocks, columns or whole.
+
+    ``query`` ``[batch, head, n_queries, d_head]`` and ``key`` ``[batch, head, n_keys, d_head]`` are the
+    layer's post-RoPE queries and keys (KV heads repeated to query heads), None where the path that
+    made the view did not record them. Subclasses give :meth:`rows` and :meth:`columns`.
+    """
+
+    layer: int
+    query: Tensor | None
+    key: Tensor | None
+    batch_size: int
+    n_heads: int
+    n_queries: int
+    n_keys: int
+    block_bytes: int
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Pattern rows ``A[..., start:stop, :]`` ``[batch, head, stop - start, n_keys]`` (float32)."""
+        raise NotImplementedError
+
+    def columns(self, keys: Tensor) -> Tensor:
+        """Pattern columns ``A[..., :, keys]`` ``[batch, head, n_queries, len(keys)]``."""
+        raise NotImplementedError
+
+    def block_rows(self) -> int:
+        """Rows per block so that one block of every batch row and head fits in ``block_bytes``."""
+        per_row = 4 * self.batch_size * self.n_heads * self.n_keys
+        return max(1, min(self.n_queries, self.block_bytes // max(per_row, 1)))
+
+    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, Tensor]]:
+        """``(first row, rows)`` for consecutive row blocks covering queries ``[start, stop)``."""
+        stop = self.n_queries if stop is None else stop
+        size = self.block_rows()
+        for first in range(start, stop, size):
+            yield first, self.rows(first, min(stop, first + size))
+
+    def pattern(self) -> Tensor:
+        """The whole ``[batch, head, n_queries, n_keys]`` pattern (short inputs and tests only)."""
+        return self.rows(0, self.n_queries)
+
+
+class FusedAttention(AttentionView):
+    """A layer's attention as the fused kernel saw it: any pattern entry rebuilt from ``q``, ``k`` and ``lse``.
+
+    ``logsumexp`` ``[batch, head, n_queries]`` is the log of each row's softmax normaliser; ``mask`` an
+    additive float mask broadcastable to ``[batch, head, n_queries, n_keys]`` or None; ``causal`` means
+    query ``i`` sees keys ``<= i + n_keys - n_queries`` (bottom-right alignment, as in KV-cache decoding).
+    """
+
+    def __init__(self, layer: int, query: Tensor, key: Tensor, logsumexp: Tensor, scale: float,
+                 mask: Tensor | None, causal: bool, block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+        self.layer, self.query, self.key, self.logsumexp = layer, query, key, logsumexp
+        self.scale, self.mask, self.causal, self.block_bytes = scale, mask, causal, block_bytes
+        self.batch_size, self.n_heads, self.n_queries = query.shape[:3]
+        self.n_keys = key.shape[-2]
+
+    @property
+    def query_offset(self) -> int:
+        """Absolute position of query 0 among the keys (``n_keys - n_queries``)."""
+        return self.n_keys - self.n_queries
+
+    def scores(self, start: int, stop: int, key_stop: int | None = None) -> Tensor:
+        """Scaled, masked logits of query rows ``[start, stop)`` over keys ``[0, key_stop)`` (float32)."""
+        key_stop = self.n_keys if key_stop is None else key_stop
+        logits = self.query[..., start:stop, :].float() @ self.key[..., :key_stop, :].float().transpose(-1, -2)
+        logits = logits * self.scale
+        if self.mask is not None:
+            logits = logits + self.mask[..., start:stop, :key_stop]
+        if self.causal:
+            rows = torch.arange(start, stop, device=logits.device)[:, None] + self.query_offset
+            logits = logits.masked_fill(torch.arange(key_stop, device=logits.device)[None, :] > rows, float("-inf"))
+        return logits
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        key_stop = min(self.n_keys, stop + self.query_offset) if self.causal else self.n_keys
+        block = torch.exp(self.scores(start, stop, key_stop) - self.logsumexp[..., start:stop, None].float())
+        if key_stop < self.n_keys:
+            block = F.pad(block, (0, self.n_keys - key_stop))
+        return block
+
+    def columns(self, keys: Tensor) -> Tensor:
+        keys = keys.to(self.key.device)
+        logits = self.query.float() @ self.key[..., keys, :].float().transpose(-1, -2) * self.scale
+        if self.mask is not None:
+            logits = logits + self.mask[..., keys]
+        if self.causal:
+            rows = torch.arange(self.n_queries, device=logits.device)[:, None] + self.query_offset
+            logits = logits.masked_fill(keys[None, :] > rows, float("-inf"))
+        return torch.exp(logits - self.logsumexp[..., None].float())
+
+
+class DenseAttention(AttentionView):
+    """A layer's attention from a materialised pattern (the eager ``hook_pattern`` path)."""
+
+    def __init__(self, layer: int, pattern: Tensor, query: Tensor | None = None, key: Tensor | None = None,
+                 block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+        self.layer, self.dense, self.query, self.key, self.block_bytes = layer, pattern, query, key, block_bytes
+        self.batch_size, self.n_heads, self.n_queries, self.n_keys = pattern.shape
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        return self.dense[..., start:stop, :].float()
+
+    def columns(self, keys: Tensor) -> Tensor:
+        return self.dense[..., keys.to(self.dense.device)].float()
+
+    def block_rows(self) -> int:
+        return self.n_queries  # already in memory: one block
+
+
+def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean keep-mask (True = attend) as an additive float mask; float masks pass through."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    return mask.to(dtype)
+
+
+def attention_with_logsumexp(query: Tensor, key: Tensor, value: Tensor, scale: float, causal: bool,
+                             mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``softmax(scale q k^T + mask) v`` and the row log-normalisers, from one fused kernel on CPU.
+
+    ``query``/``key``/``value`` ``[batch, head, L, d]`` (KV already repeated). Returns
+    ``(output [batch, head, n_queries, d], logsumexp [batch, head, n_queries] float32)``. Off CPU the
+    output comes from ``scaled_dot_product_attention`` and ``lse`` from a blockwise pass over ``q k^T``.
+    """
+    if query.device.type == "cpu":
+        output, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, causal, attn_mask=mask, scale=scale)
+        return output, lse
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal, scale=scale)
+    probe = FusedAttention(-1, query, key, torch.zeros(query.shape[:-1], device=query.device), scale, mask, causal)
+    lse = torch.cat([probe.scores(first, min(probe.n_queries, first + probe.block_rows())).logsumexp(-1)
+                     for first in range(0, probe.n_queries, probe.block_rows())], dim=-1)
+    return output, lse
+
+
+class _Session:
+    """The consumer of the fused forward pass that is running (one at a time per process)."""
+
+    consumer: LayerConsumer | None = None
+    seen: set[int] = set()
+    block_bytes: int = DEFAULT_BLOCK_BYTES
+
+
+_SESSION = _Session()
+
+
+def _repeat_heads(tensor: Tensor, n_heads: int) -> Tensor:
+    return tensor if tensor.shape[1] == n_heads else tensor.repeat_interleave(n_heads // tensor.shape[1], dim=1)
+
+
+def _fused_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                     attention_mask: Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                     **kwargs: Any) -> tuple[Tensor, None]:
+    """The attention function ``transformers`` calls inside each attention module while a session runs."""
+    if kwargs.get("softcap") is not None or getattr(module, "sinks", None) is not None:
+        raise CapabilityError("this model's attention has logit softcapping or sink logits, which no fused "
+                              "kernel computes; run the analysis with attention: eager")
+    n_heads = query.shape[1]
+    key, value = _repeat_heads(key, n_heads), _repeat_heads(value, n_heads)
+    scale = float(scaling) if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
+    mask = None if attention_mask is None else _additive(attention_mask, query.dtype)
+    causal = mask is None and query.shape[2] > 1 and bool(getattr(module, "is_causal", True))
+    if mask is not None and mask.shape[-1] != key.shape[-2]:
+        mask = mask[..., : key.shape[-2]]
+    output, lse = attention_with_logsumexp(query, key, value, scale, causal, mask)
+    layer = int(getattr(module, "layer_idx", -1))
+    _SESSION.seen.add(layer)
+    if _SESSION.consumer is not None:
+        _SESSION.consumer(FusedAttention(layer, query, key, lse, scale, mask, causal, _SESSION.block_bytes))
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(IMPLEMENTATION, _fused_attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+
+
+def _attention_bridges(bridge: Any) -> list[Any]:
+    """The attention bridge of every block, each wrapping a Hugging Face attention module."""
+    blocks = getattr(bridge, "blocks", None)
+    if blocks is None:
+        return []
+    found = []
+    for block in blocks:
+        attention = getattr(block, "attn", None)
+        original = getattr(attention, "original_component", None) if attention is not None else None
+        if original is None or not hasattr(original, "layer_idx") or not hasattr(original, "config"):
+            return []
+        found.append(attention)
+    return found
+
+
+@contextlib.contextmanager
+def fused_attention(bridge: Any, consumer: LayerConsumer | None,
+                    block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[set[int]]:
+    """Within the block, forward passes of ``bridge`` run fused attention and call ``consumer`` per layer.
+
+    Other bridge hooks (residual stream, MLP, ...) still fire; hooks inside attention (``hook_pattern``,
+    ``hook_rot_q``, ``hook_z``, ...) do not. Yields the set of layer indices the kernel has served.
+    """
+    attentions = _attention_bridges(bridge)
+    if not attentions:
+        raise CapabilityError("this model's attention is not a Hugging Face attention module the fused path can "
+                              "drive; run the analysis with attention: eager")
+    if _SESSION.consumer is not None:
+        raise CapabilityError("a fused-attention pass is already running in this process; run one at a time")
+    _register()
+    configs = {id(a.original_component.config): a.original_component.config for a in attentions}
+    top = getattr(getattr(bridge, "original_model", None), "config", None)
+    if top is not None:
+        configs[id(top)] = top
+        for name in ("text_config", "decoder"):
+            sub = getattr(top, name, None)
+            if sub is not None and hasattr(sub, "_attn_implementation"):
+                configs[id(sub)] = sub
+    before = {key: config._attn_implementation for key, config in configs.items()}
+    _SESSION.consumer, _SESSION.seen, _SESSION.block_bytes = consumer or (lambda attention: None), set(), block_bytes
+    try:
+        for config in configs.values():
+            config._attn_implementation = IMPLEMENTATION
+        for attention in attentions:
+            object.__setattr__(attention, "forward", attention.original_component.forward)
+        yield _SESSION.seen
+    finally:
+        for attention in attentions:
+            if "forward" in attention.__dict__:
+                object.__delattr__(attention, "forward")
+        for key, config in configs.items():
+            config._attn_implementation = before[key]
+        _SESSION.consumer = None
+
+
+def supports_fused(model: Any) -> bool:
+    """Whether ``model`` (a HookedModel) can run the fused path: every layer is served by the fused kernel
+    and a short forward pass gives the eager logits (to 1e-4 relative). Checked once per model."""
+    if model.fused_support is not None:
+        return model.fused_support
+    tokens = torch.tensor([[model.pad_id if model.pad_id < model.vocab_size else 0, 1, 2]], device=model.device)
+    supported = False
+    with torch.no_grad():
+        eager = model.bridge(tokens)
+        try:
+            with fused_attention(model.bridge, None) as seen:
+                fused = model.bridge(tokens)
+            scale = float(eager.abs().max().clamp(min=1.0))
+            supported = seen == set(range(model.n_layers)) and float((fused - eager).abs().max()) <= 1e-4 * scale
+        except CapabilityError:
+            supported = False
+    model.fused_support = supported
+    return supported

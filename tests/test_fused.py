@@ -1,0 +1,132 @@
+"""The fused attention path (issue 10): exact patterns from q, k and the softmax normaliser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechbench.core.dataset import TokenDataset
+from mechbench.core.fused import DenseAttention, FusedAttention, fused_attention, supports_fused
+from mechbench.core.recorder import ATTENTION, Recorder
+from mechbench.errors import CapabilityError
+
+TOLERANCE = 1e-5
+
+
+def eager_patterns(model, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+    kept: dict[int, torch.Tensor] = {}
+    hooks = [(model.hook_name("pattern", layer), lambda p, hook, layer=layer: kept.__setitem__(layer, p.detach().clone()))
+             for layer in range(model.n_layers)]
+    with torch.no_grad():
+        model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+    return kept
+
+
+def fused_views(model, tokens: torch.Tensor, **kwargs) -> tuple[dict[int, FusedAttention], torch.Tensor]:
+    views: dict[int, FusedAttention] = {}
+    with torch.no_grad(), fused_attention(model.bridge, lambda view: views.__setitem__(view.layer, view), **kwargs):
+        logits = model.bridge(tokens)
+    return views, logits
+
+
+def test_fused_patterns_equal_eager_hook_pattern_under_gqa(tiny_llama) -> None:
+    assert supports_fused(tiny_llama)
+    tokens = torch.randint(4, tiny_llama.vocab_size, (2, 24), generator=torch.Generator().manual_seed(1))
+    eager = eager_patterns(tiny_llama, tokens)
+    views, _ = fused_views(tiny_llama, tokens)
+    assert sorted(views) == [0, 1]
+    for layer, view in views.items():
+        assert view.key.shape[1] == tiny_llama.n_heads  # 2 KV heads repeated to 4 query heads
+        assert (view.pattern() - eager[layer]).abs().max() < TOLERANCE
+        assert torch.allclose(view.pattern().sum(-1), torch.ones(2, 4, 24), atol=1e-5)
+
+
+def test_blocks_and_columns_rebuild_the_same_pattern(tiny_llama) -> None:
+    tokens = torch.randint(4, tiny_llama.vocab_size, (1, 30), generator=torch.Generator().manual_seed(2))
+    views, _ = fused_views(tiny_llama, tokens, block_bytes=4 * 4 * 30 * 7)  # 7 rows per block
+    view = views[1]
+    blocks = list(view.blocks())
+    assert [first for first, _ in blocks] == [0, 7, 14, 21, 28]
+    whole = view.pattern()
+    assert (torch.cat([rows for _, rows in blocks], dim=-2) - whole).abs().max() < 1e-6
+    keys = torch.tensor([0, 5, 29])
+    assert (view.columns(keys) - whole[..., keys]).abs().max() < 1e-6
+    assert torch.all(whole.triu(1) == 0)  # causal: nothing above the diagonal
+
+
+def test_fused_forward_gives_the_eager_logits_and_restores_the_model(tiny_llama) -> None:
+    tokens = torch.randint(4, tiny_llama.vocab_size, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = tiny_llama.bridge(tokens)
+    _, fused = fused_views(tiny_llama, tokens)
+    assert (fused - before).abs().max() < 1e-4
+    eager = eager_patterns(tiny_llama, tokens)  # hook_pattern fires again after the session
+    assert set(eager) == {0, 1}
+
+
+def test_decoding_step_row_equals_the_last_eager_row(tiny_llama) -> None:
+    tokens = torch.randint(4, tiny_llama.vocab_size, (1, 12), generator=torch.Generator().manual_seed(4))
+    eager = eager_patterns(tiny_llama, tokens)
+    views: dict[int, FusedAttention] = {}
+    with torch.no_grad():
+        _, cache = tiny_llama.bridge(tokens[:, :-1], return_type="logits_and_cache", use_cache=True)
+        with fused_attention(tiny_llama.bridge, lambda view: views.__setitem__(view.layer, view)):
+            tiny_llama.bridge(tokens[:, -1:], return_type="logits_and_cache", past_key_values=cache)
+    for layer, view in views.items():
+        assert (view.n_queries, view.n_keys) == (1, 12)
+        assert (view.rows(0, 1)[:, :, 0] - eager[layer][:, :, -1]).abs().max() < TOLERANCE
+
+
+def test_sliding_window_mask_is_applied(tmp_path) -> None:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from mechbench.models.loading import load_model
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=64,
+                              attn_logit_softcapping=None, final_logit_softcapping=None)
+    Gemma3ForCausalLM(config).eval().save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    assert supports_fused(model)
+    tokens = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(5))
+    eager = eager_patterns(model, tokens)
+    views, _ = fused_views(model, tokens)
+    for layer, view in views.items():
+        assert (view.pattern() - eager[layer]).abs().max() < TOLERANCE
+    local = views[0].pattern()[0, 0]
+    assert torch.all(local.tril(-4) == 0) and local[11, 8] > 0  # only the last 4 keys are visible
+    assert views[1].pattern()[0, 0, 11, 0] > 0  # the full-attention layer sees the first key
+
+
+def test_recorder_serves_the_same_views_fused_and_eager(tiny_llama) -> None:
+    dataset = TokenDataset(tokens=[torch.arange(4, 20), torch.arange(5, 14)], example_ids=["a", "b"],
+                           token_texts=[[], []])
+    seen: dict[str, dict[int, torch.Tensor]] = {"fused": {}, "eager": {}}
+    for path in ("fused", "eager"):
+        def keep(layer, view, batch, path=path):
+            assert isinstance(view, FusedAttention if path == "fused" else DenseAttention)
+            assert view.query is not None and view.key is not None
+            seen[path][layer] = view.pattern()
+        recorder = Recorder(tiny_llama, batch_size=2, progress=False)
+        assert recorder.uses_fused({ATTENTION: keep}, path) is (path == "fused")
+        recorder.run(dataset, {ATTENTION: keep}, attention=path)
+    for layer in (0, 1):
+        assert (seen["fused"][layer] - seen["eager"][layer]).abs().max() < TOLERANCE
+
+
+def test_models_the_fused_path_cannot_drive_fall_back_or_refuse(planted) -> None:
+    assert not supports_fused(planted)
+    recorder = Recorder(planted, batch_size=1, progress=False)
+    assert not recorder.uses_fused({ATTENTION: lambda *a: None}, "auto")
+    with pytest.raises(CapabilityError, match="does not cover toy-planted.*attention: eager"):
+        recorder.uses_fused({ATTENTION: lambda *a: None}, "fused")
+
+
+def test_fused_refuses_sites_inside_attention(tiny_llama) -> None:
+    recorder = Recorder(tiny_llama, batch_size=1, progress=False)
+    reducers = {ATTENTION: lambda *a: None, "pattern": lambda *a: None}
+    assert not recorder.uses_fused(reducers, "auto")
+    with pytest.raises(CapabilityError, match="cannot also record pattern"):
+        recorder.uses_fused(reducers, "fused")
