@@ -15,7 +15,9 @@ TOLERANCE = 1e-5
 
 def eager_patterns(model, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
     kept: dict[int, torch.Tensor] = {}
-    hooks = [(model.hook_name("pattern", layer), lambda p, hook, layer=layer: kept.__setitem__(layer, p.detach().clone()))
+    def keep(pattern: torch.Tensor, hook, layer: int) -> None:
+        kept[layer] = pattern.detach().clone()
+    hooks = [(model.hook_name("pattern", layer), lambda p, hook, layer=layer: keep(p, hook, layer))
              for layer in range(model.n_layers)]
     with torch.no_grad():
         model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
@@ -120,7 +122,7 @@ def test_models_the_fused_path_cannot_drive_fall_back_or_refuse(planted) -> None
     assert not supports_fused(planted)
     recorder = Recorder(planted, batch_size=1, progress=False)
     assert not recorder.uses_fused({ATTENTION: lambda *a: None}, "auto")
-    with pytest.raises(CapabilityError, match="does not cover toy-planted.*attention: eager"):
+    with pytest.raises(CapabilityError, match=r"does not cover toy-planted.*attention: eager"):
         recorder.uses_fused({ATTENTION: lambda *a: None}, "fused")
 
 

@@ -180,9 +180,10 @@ def attention_with_logsumexp(query: Tensor, key: Tensor, value: Tensor, scale: f
 class _Session:
     """The consumer of the fused forward pass that is running (one at a time per process)."""
 
-    consumer: LayerConsumer | None = None
-    seen: set[int] = set()
-    block_bytes: int = DEFAULT_BLOCK_BYTES
+    def __init__(self) -> None:
+        self.consumer: LayerConsumer | None = None
+        self.seen: set[int] = set()
+        self.block_bytes = DEFAULT_BLOCK_BYTES
 
 
 _SESSION = _Session()
