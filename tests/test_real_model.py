@@ -50,13 +50,15 @@ def test_position_zero_dominates_sink_scores(smollm2):
     assert hidden.groupby(["layer", "head"]).ngroups > 135
 
 
-def test_streaming_equals_run_with_cache_on_the_real_model(smollm2):
+@pytest.mark.parametrize(("attention", "tolerance"), [("eager", 1e-6), ("fused", 1e-5)])
+def test_streaming_equals_run_with_cache_on_the_real_model(smollm2, attention, tolerance):
+    """Both pattern paths give run_with_cache's scores; the fused kernel to float32 rounding over 30 layers."""
     text = "The lighthouse keeper wrote the price of lamp oil in his logbook every evening."
-    streamed = run_sinks(smollm2, [text], max_tokens=64, progress=False)
+    streamed = run_sinks(smollm2, [text], max_tokens=64, progress=False, attention=attention)
     ids, _ = smollm2.tokenize(text)
     with torch.no_grad():
         _, cache = smollm2.bridge.run_with_cache(ids[None], names_filter=lambda n: n.endswith("hook_pattern"))
     per_example = streamed[streamed["metric"] == "sink_score"].sort_values(["layer", "head", "position"])
     ours = torch.tensor(per_example["value"].to_numpy()).view(30, 9, len(ids))
     reference = torch.stack([sink_scores(cache[f"blocks.{layer}.attn.hook_pattern"])[0] for layer in range(30)])
-    assert (ours - reference).abs().max() < 1e-6
+    assert (ours - reference).abs().max() < tolerance

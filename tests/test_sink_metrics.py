@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from mechbench.analyses.sinks import sink_rate, sink_scores
@@ -66,3 +67,23 @@ def test_sink_rate_counts_entries_above_epsilon_and_skips_missing():
     # position 0: 0.9, 0.31 above; 0.3 (not strictly above) and 0.2 not -> 2/4
     # position 1: 0.5, 0.4 above out of 3 present values -> 2/3
     torch.testing.assert_close(rate, torch.tensor([50.0, 200.0 / 3], dtype=torch.float64))
+
+
+def test_received_attention_summed_over_row_blocks_equals_the_whole_pattern():
+    from mechbench.analyses.sinks import received_attention, scores_from_received
+
+    pattern = torch.rand(2, 3, 10, 10, generator=torch.Generator().manual_seed(7)).tril()
+    pattern = pattern / pattern.sum(-1, keepdim=True)
+    lengths = torch.tensor([10, 6])
+    blocks = sum(received_attention(pattern[..., first:first + 3, :], first, lengths) for first in range(0, 10, 3))
+    torch.testing.assert_close(scores_from_received(blocks, lengths), sink_scores(pattern, lengths), equal_nan=True)
+
+
+def test_run_sinks_is_the_same_on_the_fused_and_eager_paths(tiny_llama):
+    from mechbench.analyses.sinks import run_sinks
+
+    texts = ["the cat sat on the mat", "a dog ran to the park and the cat sat"]
+    frames = {path: run_sinks(tiny_llama, texts, massive=None, progress=False, attention=path)
+              for path in ("fused", "eager")}
+    fused, eager = (frames[p][frames[p]["metric"] == "sink_score"]["value"].to_numpy() for p in ("fused", "eager"))
+    assert len(fused) == len(eager) == 2 * 2 * 4 * 9 and abs(fused - eager)[~np.isnan(eager)].max() < 1e-5

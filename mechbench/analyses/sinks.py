@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from mechbench.config import StrictModel
 from mechbench.core.dataset import TokenDataset
+from mechbench.core.fused import AttentionView
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import (
     PatternEdit,
@@ -48,7 +49,7 @@ from mechbench.core.interventions import (
     text_nll,
 )
 from mechbench.core.limits import check_heads, check_layers
-from mechbench.core.recorder import Batch, Recorder
+from mechbench.core.recorder import ATTENTION, AttentionPath, Batch, Recorder
 from mechbench.core.tidy import to_tidy
 from mechbench.errors import CapabilityError, DatasetError
 from mechbench.tasks.classification import (
@@ -76,16 +77,32 @@ def sink_scores(pattern: Tensor, lengths: Tensor | None = None, causal: bool = T
     batch, _, n_query, n_key = pattern.shape
     if n_query != n_key:
         raise ValueError(f"sink_scores needs a square self-attention pattern, got {n_query} queries x {n_key} keys")
-    if lengths is None:
-        lengths = torch.full((batch,), n_key, dtype=torch.long)
-    lengths = lengths.to(pattern.device)
-    if pattern.dtype in (torch.float16, torch.bfloat16):
-        pattern = pattern.float()  # sum over up to T queries: half precision would lose the small scores
-    positions = torch.arange(n_key, device=pattern.device)
+    lengths = torch.full((batch,), n_key, dtype=torch.long) if lengths is None else lengths
+    return scores_from_received(received_attention(pattern, 0, lengths), lengths, causal)
+
+
+def received_attention(rows: Tensor, first_row: int, lengths: Tensor) -> Tensor:
+    """``sum_t A[t, k]`` over the real queries ``t < T`` among pattern rows ``first_row ..``.
+
+    ``rows``: ``[batch, head, r, key]`` (a block of the pattern, or all of it); returns ``[batch, head, key]``
+    float64, summed in float32 within the block as mechbench always has (half precision is promoted: it
+    would lose the small scores); summing consecutive blocks gives the sum over all rows.
+    """
+    if rows.dtype in (torch.float16, torch.bfloat16):
+        rows = rows.float()
+    positions = torch.arange(first_row, first_row + rows.shape[-2], device=rows.device)
+    real = (positions[None, :] < lengths.to(rows.device)[:, None]).to(rows.dtype)  # [batch, r]
+    return (rows * real[:, None, :, None]).sum(dim=-2).double()
+
+
+def scores_from_received(received: Tensor, lengths: Tensor, causal: bool = True) -> Tensor:
+    """Sink scores ``[batch, head, key]`` from :func:`received_attention` summed over all rows."""
+    batch, n_key = received.shape[0], received.shape[-1]
+    lengths = lengths.to(received.device)
+    positions = torch.arange(n_key, device=received.device)
     valid = positions[None, :] < lengths[:, None]  # [batch, pos]
-    received = (pattern * valid[:, None, :, None].to(pattern.dtype)).sum(dim=-2)  # sum over real queries
     n_seeing = (lengths[:, None] - positions[None, :]).clamp(min=1) if causal else lengths[:, None].expand(batch, n_key)
-    scores = received.double() / n_seeing[:, None, :].double()
+    scores = received / n_seeing[:, None, :].double()
     return scores.masked_fill(~valid[:, None, :], float("nan"))
 
 
@@ -135,7 +152,8 @@ def massive_activations(resid: Tensor, top_k: int = 3) -> tuple[Tensor, Tensor, 
 
 @dataclass
 class SinkScoreReducer:
-    """Recorder reducer: keeps sink scores ``[example, layer, head, position]`` and drops each pattern."""
+    """Recorder ``attention`` reducer: keeps sink scores ``[example, layer, head, position]``, summing each
+    layer's pattern block by block (memory: one block, never the layer's ``L x L`` per head)."""
 
     n_examples: int
     n_layers: int
@@ -147,8 +165,11 @@ class SinkScoreReducer:
         self.scores = torch.full((self.n_examples, self.n_layers, self.n_heads, self.max_len), float("nan"),
                                  dtype=torch.float64)
 
-    def __call__(self, layer: int, pattern: Tensor, batch: Batch) -> None:
-        scores = sink_scores(pattern, batch.lengths, causal=self.causal)
+    def __call__(self, layer: int, view: AttentionView, batch: Batch) -> None:
+        if view.n_queries != view.n_keys:
+            raise ValueError(f"sink scores need self-attention, got {view.n_queries} queries x {view.n_keys} keys")
+        received = sum(received_attention(rows, first, batch.lengths) for first, rows in view.blocks())
+        scores = scores_from_received(received, batch.lengths, causal=self.causal)
         self.scores[batch.indices, layer, :, : scores.shape[-1]] = scores.cpu()
 
 
@@ -232,7 +253,7 @@ def run_sinks(model: HookedModel, texts: Sequence[str], *, max_tokens: int = 64,
               hidden_threshold: float = 0.1, hidden_min_queries: int = 1,
               massive: MassiveCriteria | None = MassiveCriteria(), batch_size: int = 4,
               prepend_bos: bool | None = None, example_ids: Sequence[str] | None = None,
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = True, attention: AttentionPath = "auto") -> pd.DataFrame:
     """Record sink scores (and residual magnitudes) of every head on ``texts``; return tidy rows.
 
     Each text is tokenised and truncated to its first ``max_tokens`` tokens (Gu et al. use 64).
@@ -248,10 +269,11 @@ def run_sinks(model: HookedModel, texts: Sequence[str], *, max_tokens: int = 64,
     dataset = model.tokenize_dataset(texts, max_tokens=max_tokens, prepend_bos=prepend_bos,
                                      example_ids=example_ids)
     reducer = SinkScoreReducer(len(dataset), model.n_layers, model.n_heads, dataset.max_length, model.causal)
-    reducers: dict[str, Any] = {"pattern": reducer}
+    reducers: dict[str, Any] = {ATTENTION: reducer}
     if massive is not None:
         reducers["resid_post"] = MassiveActivationReducer(len(dataset), model.n_layers, massive.top_k)
-    Recorder(model, batch_size=batch_size, progress=progress).run(dataset, reducers, description="sink scores")
+    Recorder(model, batch_size=batch_size, progress=progress).run(dataset, reducers, description="sink scores",
+                                                                  attention=attention)
     scores = reducer.scores
     ids = dataset.example_ids
     per_example = to_tidy(scores, ("example", "layer", "head", "position"), coords={"example": ids},
@@ -473,6 +495,9 @@ class SinksConfig(StrictModel):
     massive_min_value: float = Field(100.0, gt=0.0, description="massive if |h| exceeds this (Sun et al.: 100)")
     massive_min_ratio: float = Field(1000.0, gt=0.0, description="... and is this many times the median (1000)")
     batch_size: PositiveInt = 4
+    attention: AttentionPath = Field(
+        "auto", description="how patterns are read: auto = the fused kernel where the model allows it (exact rows "
+        "from q, k and the softmax normaliser, memory linear in context), else eager hook_pattern; fused | eager")
     prepend_bos: bool | None = Field(
         None, description="None = the loaded tokenizer's setting (TransformerBridge turns add_bos_token on, so "
         "SmolLM2 inputs start with <|im_start|>); False = no special tokens, the plain HF tokenizer of Gu et al.; "
@@ -498,7 +523,7 @@ def run_sinks_from_config(model: HookedModel, config: SinksConfig, progress: boo
     parts = [run_sinks(model, texts, example_ids=ids, max_tokens=config.max_tokens, epsilon=config.epsilon,
                        hidden_threshold=config.hidden_threshold, hidden_min_queries=config.hidden_min_queries,
                        massive=massive, batch_size=config.batch_size, prepend_bos=config.prepend_bos,
-                       progress=progress)]
+                       progress=progress, attention=config.attention)]
     if config.calibration is not None:
         block = config.calibration
         task = load_classification(block.task, block.template, block.labels)
