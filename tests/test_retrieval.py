@@ -189,6 +189,8 @@ def test_kv_cache_decode_matches_full_recompute(tiny_llama):
                 layer.self_attn.q_proj.weight.mul_(100.0)
         cached = greedy_decode(tiny_llama, prompt, 6, use_kv_cache=True)
         full = greedy_decode(tiny_llama, prompt, 6, use_kv_cache=False)
+        eager = {cache: greedy_decode(tiny_llama, prompt, 6, use_kv_cache=cache, attention="eager")
+                 for cache in (True, False)}
         argmax, _ = brute_force(tiny_llama, prompt.tolist(), cached.generated.tolist(), (1, 2))
         mask = mask_heads_hooks(tiny_llama, [(0, 1), (1, 2)])  # masked decoding: the causal offset of a cached step
         masked_cached = greedy_decode(tiny_llama, prompt, 6, use_kv_cache=True, fwd_hooks=mask)
@@ -198,6 +200,9 @@ def test_kv_cache_decode_matches_full_recompute(tiny_llama):
             for layer, weight in zip(layers, saved, strict=True):
                 layer.self_attn.q_proj.weight.copy_(weight)
     assert cached.used_kv_cache and not full.used_kv_cache
+    for decoding in (cached, full):  # the fused kernel's argmax of q . k equals the eager pattern's argmax
+        assert torch.equal(decoding.generated, eager[True].generated)
+        assert torch.equal(decoding.argmax_keys, eager[decoding.used_kv_cache].argmax_keys)
     assert torch.equal(cached.generated, full.generated)
     assert torch.equal(cached.argmax_keys, full.argmax_keys)
     assert torch.equal(cached.argmax_keys, argmax)

@@ -22,6 +22,7 @@ whose bridge has no HF cache (TL-native toy models) recompute the sequence each 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -35,12 +36,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechbench.config import StrictModel
+from mechbench.core.fused import FusedAttention, fused_attention, supports_fused
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import mask_heads_hooks
 from mechbench.core.limits import check_context, check_finite
 from mechbench.core.porter import porter_stem
+from mechbench.core.recorder import AttentionPath
 from mechbench.core.tidy import to_tidy
-from mechbench.errors import ConfigError, DatasetError
+from mechbench.errors import CapabilityError, ConfigError, DatasetError
 from mechbench.tasks.niah import (
     ANSWER_BUFFER,
     BUILTIN,
@@ -135,7 +138,7 @@ class Decoding:
 
 def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = MAX_NEW_TOKENS,
                   stop_ids: Collection[int] = (), use_kv_cache: bool = True,
-                  fwd_hooks: Sequence[tuple[str, Any]] = ()) -> Decoding:
+                  fwd_hooks: Sequence[tuple[str, Any]] = (), attention: AttentionPath = "auto") -> Decoding:
     """Greedy decoding that records, per step, the argmax-attended key of the last query of every head.
 
     As the reference ``decode``: prefill ``prompt_ids[:-1]``, then each step feeds the previous token,
@@ -145,6 +148,11 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = 
     result, quadratic cost). Only ``[heads]`` per layer per step is kept in either case.
     ``fwd_hooks`` (e.g. :func:`mechbench.core.interventions.mask_heads_hooks`) are active in the prefill
     and in every decode step.
+
+    ``attention="auto"`` decodes with the fused kernel where the model allows it and no ``fwd_hooks``
+    edit attention (:mod:`mechbench.core.fused`): the prefill never builds a pattern, and a step's
+    argmax key is ``argmax_j q . k_j`` of its one query row (the softmax keeps the order), so scoring
+    costs ``O(L d)`` per head and step on top of a plain KV-cache decode. ``eager`` reads ``hook_pattern``.
     """
     if prompt_ids.dim() != 1 or prompt_ids.numel() < 2:
         raise DatasetError(f"the prompt needs at least 2 tokens (1-D ids), got shape {tuple(prompt_ids.shape)}")
@@ -157,14 +165,20 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = 
     def keep_argmax(pattern: Tensor, hook: Any, layer: int) -> None:
         argmax_keys[step[0], layer] = pattern[0, :, -1, :].argmax(-1).cpu()
 
-    hooks = [(model.hook_name("pattern", layer), lambda p, hook, layer=layer: keep_argmax(p, hook, layer))
-             for layer in range(model.n_layers)]
+    def keep_fused_argmax(view: FusedAttention) -> None:  # the last query row (the prefill's is overwritten)
+        last = view.n_queries - 1
+        argmax_keys[step[0], view.layer] = view.scores(last, last + 1)[0, :, 0].argmax(-1).cpu()
+
+    fused = _decode_fused(model, attention, fwd_hooks)
+    hooks = [] if fused else [(model.hook_name("pattern", layer),
+                               lambda p, hook, layer=layer: keep_argmax(p, hook, layer))
+                              for layer in range(model.n_layers)]
     bridge = model.bridge
     device = model.device
     sequence = prompt_ids.to(device)
     generated: list[int] = []
     cache = None
-    with torch.no_grad():
+    with torch.no_grad(), fused_attention(bridge, keep_fused_argmax) if fused else contextlib.nullcontext():
         if use_kv_cache and getattr(getattr(bridge, "adapter", None), "supports_kv_cache", True):
             with bridge.hooks(fwd_hooks=list(fwd_hooks)):
                 # the prefill's logits are never read: unembed only the last position (HF logits_to_keep)
@@ -189,6 +203,17 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = 
                     used_kv_cache=cache is not None)
 
 
+def _decode_fused(model: HookedModel, attention: AttentionPath, fwd_hooks: Sequence[tuple[str, Any]]) -> bool:
+    """Whether :func:`greedy_decode` runs on the fused kernel (``fwd_hooks`` edit attention: eager)."""
+    if attention == "eager":
+        return False
+    if attention == "fused" and fwd_hooks:
+        raise CapabilityError("attention: fused cannot run with head-masking hooks on hook_pattern; use eager")
+    if attention == "fused" and not supports_fused(model):
+        raise CapabilityError(f"the fused attention path does not cover {model.name}; use attention: eager")
+    return not fwd_hooks and supports_fused(model)
+
+
 @dataclass(frozen=True)
 class TrialResult:
     """Outcome of one needle-in-a-haystack trial."""
@@ -207,7 +232,7 @@ class TrialResult:
 
 def run_trial(model: HookedModel, trial: NiahTrial, max_new_tokens: int = MAX_NEW_TOKENS,
               stop: Collection[int] = (), use_kv_cache: bool = True,
-              fwd_hooks: Sequence[tuple[str, Any]] = ()) -> TrialResult:
+              fwd_hooks: Sequence[tuple[str, Any]] = (), attention: AttentionPath = "auto") -> TrialResult:
     """Decode one trial and score every head (``trial_head_scores``) and the response (``rouge1_recall``).
 
     The response is the decoded text without special tokens, stripped (reference ``evaluate_and_log``);
@@ -215,7 +240,7 @@ def run_trial(model: HookedModel, trial: NiahTrial, max_new_tokens: int = MAX_NE
     throughout (head masking).
     """
     check_span(trial.answer_span, trial.prompt_ids.numel())
-    decoding = greedy_decode(model, trial.prompt_ids, max_new_tokens, stop, use_kv_cache, fwd_hooks)
+    decoding = greedy_decode(model, trial.prompt_ids, max_new_tokens, stop, use_kv_cache, fwd_hooks, attention)
     ids = decoding.generated.tolist()
     if model.tokenizer is not None:
         response = model.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -228,11 +253,12 @@ def run_trial(model: HookedModel, trial: NiahTrial, max_new_tokens: int = MAX_NE
 
 def run_trials(model: HookedModel, trials: Sequence[NiahTrial], *, max_new_tokens: int = MAX_NEW_TOKENS,
                stop: Collection[int] = (), use_kv_cache: bool = True, fwd_hooks: Sequence[tuple[str, Any]] = (),
-               progress: bool = True, desc: str = "retrieval trials") -> list[TrialResult]:
+               progress: bool = True, desc: str = "retrieval trials",
+               attention: AttentionPath = "auto") -> list[TrialResult]:
     """:func:`run_trial` for every trial, with a progress bar."""
     if not trials:
         raise DatasetError("no needle-in-a-haystack trials; give at least one needle, length and depth")
-    return [run_trial(model, trial, max_new_tokens, stop, use_kv_cache, fwd_hooks)
+    return [run_trial(model, trial, max_new_tokens, stop, use_kv_cache, fwd_hooks, attention)
             for trial in tqdm(trials, desc=desc, disable=not progress, unit="trial", leave=False)]
 
 
@@ -266,11 +292,12 @@ def detection_rows(results: Sequence[TrialResult]) -> pd.DataFrame:
 
 def run_retrieval(model: HookedModel, trials: Sequence[NiahTrial], *, max_new_tokens: int = MAX_NEW_TOKENS,
                   stop: Collection[int] = (), use_kv_cache: bool = True, masking: MaskingConfig | None = None,
-                  generator: torch.Generator | None = None, progress: bool = True) -> pd.DataFrame:
+                  generator: torch.Generator | None = None, progress: bool = True,
+                  attention: AttentionPath = "auto") -> pd.DataFrame:
     """Detection rows (:func:`detection_rows`) and, with ``masking``, the masking curve on the same trials
     (:func:`masking_experiment`, heads ranked by the scores just measured)."""
     results = run_trials(model, trials, max_new_tokens=max_new_tokens, stop=stop, use_kv_cache=use_kv_cache,
-                         progress=progress)
+                         progress=progress, attention=attention)
     frames = [detection_rows(results)]
     if masking is not None:
         scores = retrieval_scores(torch.stack([r.head_scores for r in results]),
@@ -369,6 +396,9 @@ class RetrievalConfig(StrictModel):
         "auto", description="prompt template; auto = chat when the tokenizer has a chat template")
     max_new_tokens: PositiveInt = Field(MAX_NEW_TOKENS, description="decode length (reference: 50)")
     use_kv_cache: bool = Field(True, description="decode with the KV cache when the model supports it")
+    attention: AttentionPath = Field(
+        "auto", description="detection trials: auto = fused kernel where the model allows it (argmax keys from "
+        "q . k, no pattern), else eager hook_pattern; fused | eager. Masked trials always run eager")
     masking: MaskingConfig | None = Field(None, description="also mask the top-K vs K random heads and "
                                           "measure NIAH accuracy on the same trials")
 
@@ -397,4 +427,5 @@ def run_retrieval_from_config(model: HookedModel, config: RetrievalConfig, progr
     trials = build_trials(model, load_needles(config.needles), load_haystack(config.haystack), lengths, depths,
                           buffer=config.buffer, template=config.template, max_new_tokens=config.max_new_tokens)
     return run_retrieval(model, trials, max_new_tokens=config.max_new_tokens, stop=stop_ids(model),
-                         use_kv_cache=config.use_kv_cache, masking=config.masking, progress=progress)
+                         use_kv_cache=config.use_kv_cache, masking=config.masking, progress=progress,
+                         attention=config.attention)
