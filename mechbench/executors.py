@@ -1,9 +1,9 @@
 """Executors of sweep shards: ``local`` (in this process) and ``ray`` (tasks on a Ray cluster).
 
 Both call :func:`run_shard`, the one code path that runs a shard and writes its partition, so the
-table is the same whichever executor ran it. A process keeps every model it has loaded
-(:func:`cached_model`), so a Ray worker loads a model once and reuses it for each later shard of
-that model it is given. Ray is imported only by :class:`RayExecutor`; the local executor works
+table is the same whichever executor ran it. A process keeps the model it used last
+(:func:`cached_model`), so a Ray worker loads a model once and reuses it for the shards of that
+model it is given next. Ray is imported only by :class:`RayExecutor`; the local executor works
 without it.
 """
 
@@ -51,12 +51,15 @@ _MODELS: dict[tuple[str, str, str, bool], HookedModel] = {}
 
 
 def cached_model(name: str, job: ShardJob) -> tuple[HookedModel, bool]:
-    """This process's copy of a model, loaded on first use; and whether this call loaded it."""
+    """This process's copy of a model, and whether this call loaded it. A process keeps only the model it
+    used last (the memory hints count one model per worker); shards are handed out grouped by model, so
+    a worker loads each model about once."""
     from mechbench.models.loading import load_model
 
     key = (name, job.device, job.dtype, job.allow_pickle_weights)
     if key in _MODELS:
         return _MODELS[key], False
+    _MODELS.clear()  # free the previous model before loading the next
     _MODELS[key] = load_model(name, device=job.device, dtype=job.dtype, allow_pickle=job.allow_pickle_weights)
     return _MODELS[key], True
 

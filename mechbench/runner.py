@@ -23,7 +23,7 @@ from mechbench.process import process_fingerprint
 from mechbench.report import top_heads, write_report
 from mechbench.store.result_store import ResultStore, check_name, new_run_id
 from mechbench.store.schema import STORE_FORMAT_VERSION
-from mechbench.store.sweep_store import SweepStore, is_local_store, utc_now
+from mechbench.store.sweep_store import SweepStore, is_store_url, utc_now
 from mechbench.sweep import Shard, check_shard_datasets, expand_sweep
 
 SHARD = "part-0"
@@ -153,7 +153,7 @@ class ShardsFailedError(MechbenchError):
 
 def wants_sweep(config: RunConfig, executor: str) -> bool:
     """Whether a request runs as a sweep: a ``sweep`` block, ``--executor ray``, or a store URL."""
-    return config.sweep is not None or executor != "local" or not is_local_store(config.store)
+    return config.sweep is not None or executor != "local" or is_store_url(config.store)
 
 
 def plan_sweep(run_config: RunConfig, chosen: dict[str, StrictModel], run_id: str | None,

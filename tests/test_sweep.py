@@ -210,8 +210,11 @@ def test_ray_sweep_equals_local_and_survives_a_killed_worker(tmp_path, two_model
     assert len(retried) == 1 and ".patterns." in retried[0]
     assert all(r["attempts"] == 1 for sid, r in records.items() if sid not in retried)
     assert all(r["worker"]["ray_node_id"] and r["worker"]["pid"] != os.getpid() for r in records.values())
-    workers = {(r["worker"]["pid"], r["model"]) for r in records.values() if r["model_loaded"]}
-    assert sum(r["model_loaded"] for r in records.values()) == len(workers)  # one load per (worker, model)
+    # shards go out grouped by model and a worker keeps the model it holds: each worker loads at most both
+    # models, plus once more for the retried shard, which is queued last (without reuse: 12 loads)
+    loads = sum(r["model_loaded"] for r in records.values())
+    workers = {r["worker"]["pid"] for r in records.values()}
+    assert len(workers) <= loads <= 2 * len(workers) + 1 < len(records)
     assert manifest["executor"] == "ray" and manifest["status"] == "complete"
 
 

@@ -32,9 +32,9 @@ from mechbench.store.result_store import _manifest_problem, _parquet_bytes, atom
 from mechbench.store.schema import CORE_COLUMNS, STORE_FORMAT_VERSION, conform
 
 
-def is_local_store(url: str) -> bool:
-    """Whether ``url`` is a plain directory path or a ``file://`` URL."""
-    return "://" not in url or url.startswith("file://")
+def is_store_url(store: str) -> bool:
+    """Whether ``store`` is a URL (``file://``, ``s3://``, ...) rather than a plain directory path."""
+    return "://" in store
 
 
 def utc_now() -> str:
