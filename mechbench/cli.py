@@ -162,11 +162,13 @@ def report(
 ) -> None:
     """Write a self-contained HTML report (plotly, offline) of a run."""
     from mechbench.report import write_report
-    from mechbench.runner import latest_run
+    from mechbench.runner import check_reportable, latest_run
     from mechbench.store.result_store import ResultStore
 
     result_store = ResultStore(store)
-    path = write_report(result_store, run or latest_run(result_store), out)
+    run_id = run or latest_run(result_store)
+    check_reportable(result_store.manifest(run_id))
+    path = write_report(result_store, run_id, out)
     typer.echo(f"report: {path}")
 
 

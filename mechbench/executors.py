@@ -139,20 +139,19 @@ class RayExecutor:
     """Runs each shard as a Ray task with the shard's resource hints, retried when its worker dies.
 
     Connects to the cluster at ``address`` (``auto``, ``ray://host:10001``, ``host:6379``), to the Ray
-    this process is already connected to, or else starts a local Ray with ``num_cpus`` CPUs (all by
-    default), shut down again at the end.
+    this process is already connected to, or else starts a local Ray on every core of this machine,
+    shut down again at the end.
     """
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+    def __init__(self, address: str | None = None) -> None:
         try:
             import ray
         except ImportError:
             raise ConfigError(RAY_MISSING) from None
         self.ray = ray
         self.address = address
-        self.num_cpus = num_cpus
 
     @contextlib.contextmanager
     def _connected(self) -> Iterator[None]:
@@ -161,8 +160,7 @@ class RayExecutor:
             yield
             return
         try:
-            ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
-                     include_dashboard=False, logging_level="warning")
+            ray.init(address=self.address, include_dashboard=False, logging_level="warning")
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"cannot connect to Ray at {self.address or 'a new local cluster'} ({one_line(exc)}); "
                               "check --address (see docs/sweeps.md)") from None

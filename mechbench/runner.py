@@ -320,7 +320,7 @@ def top_heads_lines(store_path: str, analysis: str | None = None, metric: str | 
     if frame.empty:
         raise StoreError(f"run {run!r} has no rows{' for ' + analysis if analysis else ''} in {store.root}")
     lines = []
-    for name, rows in frame.groupby("analysis"):
+    for (name, _), rows in frame.groupby(["analysis", "model"], sort=True):  # a sweep has several models
         spec = ANALYSES.get(str(name))
         chosen_metric = metric or (spec.headline_metric(rows["metric"]) if spec else str(rows["metric"].iloc[0]))
         if chosen_metric is None:
@@ -341,6 +341,14 @@ def top_heads_lines(store_path: str, analysis: str | None = None, metric: str | 
                      f"{chosen_metric}{at}")
         lines += [f"  L{int(r.layer):<3} H{int(r.head):<3} {r.value:.4f}" for r in best.itertuples()]
     return lines
+
+
+def check_reportable(manifest: dict[str, Any]) -> None:
+    """Refuse an HTML report of a sweep: the report shows one model's run, a sweep has many models and shards."""
+    if "models" in manifest:
+        raise StoreError(f"run {manifest['run_id']!r} is a sweep ({len(manifest['models'])} models, "
+                         f"{sum(map(len, manifest['shards'].values()))} shards); the HTML report covers one ordinary "
+                         "run: use `mechbench show --run RUN` or ResultStore(store).read(run_id=RUN)")
 
 
 def ensure_run(store: ResultStore, analysis: str, config: str | Path, model: str | None = None,

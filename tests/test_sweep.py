@@ -160,6 +160,11 @@ def test_local_sweep_resumes_only_the_failed_shards(tmp_path, two_models, monkey
     again = run_sweep(plan_sweep(run_config, analyses, None, "r1"), LocalExecutor())  # nothing left to do
     assert again.skipped == 12 and again.records == {}
 
+    shown = invoke("show", "--store", str(tmp_path / "store"), "--run", "r1", "--top", "1").output.splitlines()
+    assert [line.split(":")[0] for line in shown[::2]] == [f"sinks (run r1, model {m})" for m in sorted(two_models)]
+    refused = invoke("report", "--store", str(tmp_path / "store"), "--run", "r1")
+    assert refused.exit_code == 2 and refused.output.startswith("error: run 'r1' is a sweep (2 models, 12 shards)")
+
 
 def test_resume_refuses_another_config(tmp_path, two_models):
     run_config, analyses = load_config(toy_config(tmp_path, two_models[:1], shards={"sinks": 2}))
