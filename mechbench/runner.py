@@ -85,11 +85,16 @@ def plan_run(config_path: Path | None, analyses: list[str], model: str | None = 
     return plan_single(run_config, chosen, run_id, resume)
 
 
+def check_run_choice(run_id: str | None, resume: str | None) -> None:
+    """A run is new (``--run-id``) or resumed (``--resume``), not both."""
+    if run_id and resume:
+        raise ConfigError("give either --run-id or --resume, not both")
+
+
 def plan_single(run_config: RunConfig, chosen: dict[str, StrictModel], run_id: str | None,
                 resume: str | None) -> RunPlan:
     """The plan of an ordinary run (one model, one shard per analysis) into a local store."""
-    if run_id and resume:
-        raise ConfigError("give either --run-id or --resume, not both")
+    check_run_choice(run_id, resume)
     result_store = ResultStore(run_config.store)
     if resume:
         check_resumable(result_store.manifest(resume), run_config, chosen)
@@ -132,6 +137,8 @@ class SweepPlan:
 
 @dataclass
 class SweepResult:
+    """What one invocation of a sweep did: the shards it ran, how many it skipped, which failed."""
+
     run_id: str
     store_url: str
     records: dict[str, dict[str, Any]]  # shard id -> manifest record, of the shards run this time
@@ -159,8 +166,7 @@ def wants_sweep(config: RunConfig, executor: str) -> bool:
 def plan_sweep(run_config: RunConfig, chosen: dict[str, StrictModel], run_id: str | None,
                resume: str | None) -> SweepPlan:
     """Expand and check the sweep (a config without a ``sweep`` block is a sweep of its one model)."""
-    if run_id and resume:
-        raise ConfigError("give either --run-id or --resume, not both")
+    check_run_choice(run_id, resume)
     shards = expand_sweep(run_config, chosen)
     check_shard_datasets(shards)
     store = SweepStore(run_config.store)
@@ -201,11 +207,12 @@ def run_sweep(plan: SweepPlan, executor: Executor, on_shard: Callable[[str], Non
     config, store = plan.config, plan.store
     store.ensure_format()
     done = store.completed_shards(plan.run_id)
-    manifest = store.manifest(plan.run_id) if store.manifest_exists(plan.run_id) else {
-        "format_version": STORE_FORMAT_VERSION, "run_id": plan.run_id, "started_at": utc_now(), "shards": {},
-        "resumed_at": [], "model": None}
-    if manifest["shards"]:
+    if store.manifest_exists(plan.run_id):  # plan_sweep allows that only with --resume
+        manifest = store.manifest(plan.run_id)
         manifest["resumed_at"] = [*manifest.get("resumed_at", []), utc_now()]
+    else:
+        manifest = {"format_version": STORE_FORMAT_VERSION, "run_id": plan.run_id, "started_at": utc_now(),
+                    "shards": {}, "resumed_at": [], "model": None}
     manifest.update(status="running", ended_at=None, error=None, process=process_fingerprint(),
                     executor=executor.name, config=sweep_config_record(config, plan.analyses), seed=config.seed,
                     models=config.sweep.models if config.sweep else [config.model], versions=package_versions(),
@@ -215,7 +222,7 @@ def run_sweep(plan: SweepPlan, executor: Executor, on_shard: Callable[[str], Non
     result = SweepResult(plan.run_id, store.url, {}, skipped=len(plan.shards) - len(pending))
     job = ShardJob(plan.run_id, store.url, config.seed, config.device, config.dtype, config.allow_pickle_weights)
     try:
-        for shard, outcome in executor.run(pending, job, config):
+        for shard, outcome in executor.run(pending, job, config) if pending else ():
             place = {"model": shard.model, "index": shard.index, "count": shard.count,
                      "context_length": shard.context_length}
             if isinstance(outcome, BaseException):

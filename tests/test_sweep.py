@@ -7,6 +7,7 @@ tables must be equal to the last bit, also when a Ray worker is killed in the mi
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -21,7 +22,7 @@ from conftest import build_tiny_llama
 from typer.testing import CliRunner
 
 from mechbench import executors
-from mechbench.analyses import ANALYSES
+from mechbench.analyses import ANALYSES, AnalysisSpec
 from mechbench.cli import app
 from mechbench.config import load_config, parse_config
 from mechbench.executors import LocalExecutor
@@ -58,6 +59,17 @@ def invoke(*args: str):
 def sweep_table(frame: pd.DataFrame) -> pd.DataFrame:
     """A sweep's rows without the run id, in a fixed order."""
     return frame.drop(columns="run_id").sort_values(KEYS, kind="stable").reset_index(drop=True)
+
+
+def break_patterns(monkeypatch: pytest.MonkeyPatch) -> AnalysisSpec:
+    """Make the ``patterns`` analysis of this process raise; return the real one."""
+    patterns = ANALYSES["patterns"]
+
+    def broken(model: object, options: object, progress: bool) -> pd.DataFrame:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setitem(ANALYSES, "patterns", dataclasses.replace(patterns, run=broken))
+    return patterns
 
 
 def test_expansion_is_deterministic_with_stable_readable_ids():
@@ -133,12 +145,7 @@ def test_local_sweep_resumes_only_the_failed_shards(tmp_path, two_models, monkey
     """A shard that fails leaves the others written; --resume runs just it, with one model load per model."""
     run_config, analyses = load_config(toy_config(tmp_path, two_models))
     monkeypatch.setattr(executors, "_MODELS", {})
-    patterns = ANALYSES["patterns"]
-
-    def broken(model, options, progress):
-        raise RuntimeError("disk on fire")
-
-    monkeypatch.setitem(ANALYSES, "patterns", __import__("dataclasses").replace(patterns, run=broken))
+    patterns = break_patterns(monkeypatch)
     with pytest.raises(ShardsFailedError, match=r"^4 of 12 shards failed \(first: tiny-llama"):
         run_sweep(plan_sweep(run_config, analyses, "r1", None), LocalExecutor())
     store = SweepStore(str(tmp_path / "store"))
@@ -187,13 +194,18 @@ def test_memory_url_store_holds_the_same_table_as_a_directory(tmp_path, two_mode
     assert SweepStore("memory://mechbench-test/store").manifest("m1")["status"] == "complete"
 
 
-def test_ray_sweep_equals_local_and_survives_a_killed_worker(tmp_path, two_models):
+def test_ray_sweep_equals_local_and_survives_a_killed_worker(tmp_path, two_models, monkeypatch):
     """2 analyses x 2 models x 2 task shards (x 2 context lengths for sinks) on a 2-CPU local Ray; the first
-    patterns shard's worker dies mid-shard: Ray reruns it, nothing is lost, the table equals the local one."""
+    patterns shard's worker dies mid-shard: Ray reruns it, nothing is lost, the table equals the local one.
+    Then a local run whose patterns shards failed is finished on Ray with --resume."""
     ray = pytest.importorskip("ray")
     config = toy_config(tmp_path, two_models)
     local = invoke("analyze", "--config", str(config), "--run-id", "local")
     assert local.exit_code == 0, local.output
+    with monkeypatch.context() as patch:
+        break_patterns(patch)
+        partial = invoke("analyze", "--config", str(config), "--run-id", "mixed")
+    assert partial.exit_code == 2 and "error: 4 of 12 shards failed" in partial.output
     marker = tmp_path / "crashed"
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", runtime_env={
         "worker_process_setup_hook": "sweep_faults.crash_first_patterns_shard",
@@ -202,9 +214,11 @@ def test_ray_sweep_equals_local_and_survives_a_killed_worker(tmp_path, two_model
     })
     try:
         result = invoke("analyze", "--config", str(config), "--run-id", "ray", "--executor", "ray")
+        resumed = invoke("analyze", "--config", str(config), "--resume", "mixed", "--executor", "ray")
     finally:
         ray.shutdown()
     assert result.exit_code == 0, result.output
+    assert resumed.exit_code == 0 and "rows from 4 shards (8 already written" in resumed.output, resumed.output
     assert marker.exists()  # a worker did die
     store = ResultStore(tmp_path / "store")
     pd.testing.assert_frame_equal(sweep_table(store.read(run_id="ray")), sweep_table(store.read(run_id="local")))
@@ -221,6 +235,12 @@ def test_ray_sweep_equals_local_and_survives_a_killed_worker(tmp_path, two_model
     workers = {r["worker"]["pid"] for r in records.values()}
     assert len(workers) <= loads <= 2 * len(workers) + 1 < len(records)
     assert manifest["executor"] == "ray" and manifest["status"] == "complete"
+
+    pd.testing.assert_frame_equal(sweep_table(store.read(run_id="mixed")), sweep_table(store.read(run_id="local")))
+    mixed = store.manifest("mixed")
+    ran_by = {a: {r["worker"].get("ray_node_id") is not None for r in shards.values()}
+              for a, shards in mixed["shards"].items()}
+    assert ran_by == {"sinks": {False}, "patterns": {True}} and mixed["status"] == "complete"
 
 
 def test_local_executor_needs_no_ray(tmp_path, tiny_llama_dir):
