@@ -52,6 +52,8 @@ class SweepStore:
             raise StoreError(f"cannot open the store {url!r} ({one_line(exc)}); install the fsspec backend of "
                              "its protocol (e.g. s3fs for s3://) or give a directory") from None
         self.local = isinstance(self.fs, LocalFileSystem)
+        if self.local:  # absolute, so a worker whose working directory differs writes to the same place
+            self.url = self.root
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
