@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mechbench.analyses import ANALYSES
-from mechbench.config import RunConfig, StrictModel, SweepConfig, format_validation_error
+from mechbench.config import ResourceRequest, RunConfig, StrictModel, SweepConfig, format_validation_error
 from mechbench.errors import ConfigError
 from mechbench.tasks.texts import load_texts
 
@@ -183,9 +183,7 @@ def shard_resources(shard: Shard, config: RunConfig) -> ResourceHints:
     """The hints of :func:`resource_hints` for a shard, with the config's ``sweep.resources`` overrides."""
     hints = resource_hints(parameter_count(shard.model), shard.context_length or DEFAULT_CONTEXT_LENGTH,
                            config.dtype, config.device)
-    given = (config.sweep.resources if config.sweep else None)
-    if given is None:
-        return hints
+    given = config.sweep.resources if config.sweep else ResourceRequest()
     return ResourceHints(num_cpus=given.num_cpus if given.num_cpus is not None else hints.num_cpus,
                          num_gpus=given.num_gpus if given.num_gpus is not None else hints.num_gpus,
                          memory=int(given.memory_gb * _GIB) if given.memory_gb is not None else hints.memory)

@@ -25,6 +25,7 @@ from mechbench import executors
 from mechbench.analyses import ANALYSES, AnalysisSpec
 from mechbench.cli import app
 from mechbench.config import load_config, parse_config
+from mechbench.errors import ConfigError
 from mechbench.executors import LocalExecutor
 from mechbench.runner import ShardsFailedError, plan_sweep, run_sweep
 from mechbench.store import ResultStore
@@ -136,7 +137,7 @@ def test_bad_sweep_specs_are_one_line_config_errors(tmp_path, sweep, expected):
 def test_a_shard_of_an_analysis_that_cannot_split_is_refused(tmp_path):
     data = {"model": "toy-planted", "analyses": {"circuits": {}}, "sweep": {"models": ["toy-planted"],
                                                                           "shards": {"circuits": 2}}}
-    with pytest.raises(Exception, match=r"^sweep\.shards\.circuits: circuits cannot be split by shards; analyses "
+    with pytest.raises(ConfigError, match=r"^sweep\.shards\.circuits: circuits cannot be split by shards; analyses "
                                         r"that can: sinks, patterns, tappa$"):
         expand_sweep(*parse_config(data))
 
@@ -178,7 +179,7 @@ def test_resume_refuses_another_config(tmp_path, two_models):
     store = SweepStore(str(tmp_path / "store"))
     store.ensure_format()
     store.write_manifest({"run_id": "r1", "shards": {}, "status": "failed", "config": {"seed": 1}})
-    with pytest.raises(Exception, match=r"^run 'r1' was made with another config \(differs in .*seed"):
+    with pytest.raises(ConfigError, match=r"^run 'r1' was made with another config \(differs in .*seed"):
         plan_sweep(run_config, analyses, None, "r1")
 
 
