@@ -15,12 +15,13 @@ export PYTHONDONTWRITEBYTECODE :=
 setup: $(VENV)/.installed
 
 # torch is installed first, pinned, so that no later resolution can pull a multi-GB CUDA build;
-# uv then installs the rest (several times faster than pip on 2 cores).
+# uv then installs the rest (several times faster than pip on 2 cores), with the ray extra, whose
+# sweep tests run on a local Ray cluster.
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --no-compile torch==2.13.0 uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev]"
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[dev,ray]"
 	@# the report's browser test needs Debian's chromium; installed here when we may (root with apt)
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \

@@ -9,11 +9,15 @@ import signal
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from mechbench.errors import MechbenchError
+
+if TYPE_CHECKING:
+    from mechbench.executors import Executor
+    from mechbench.runner import SweepPlan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mechbench: what do the attention heads of a model do? Results go to one tidy table.")
@@ -56,26 +60,55 @@ def analyze(
         "allow_pickle_weights, false)")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     report: Annotated[bool, typer.Option(help="write the HTML report at the end")] = True,
+    executor: Annotated[str, typer.Option(
+        help="where shards run: local (this process) or ray (a Ray cluster; needs pip install 'mechbench[ray]'). "
+        "A config with a sweep block, --executor ray or a store URL runs as a sweep (docs/sweeps.md)")] = "local",
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to run on (auto, HOST:6379 or ray://HOST:10001); default: a new local Ray")] = None,
 ) -> None:
-    """Run analyses on a model and write tidy rows plus a run manifest into the store."""
-    from mechbench.runner import plan_run, run_plan
+    """Run analyses on a model (or a sweep over models, task shards and context lengths) and write tidy rows
+    plus a run manifest into the store."""
+    from mechbench.executors import make_executor
+    from mechbench.runner import plan_single, plan_sweep, resolve_request, run_plan, wants_sweep
 
+    chosen_executor = make_executor(executor, address)  # before anything slow: Ray missing is one line
     config_path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    plan = plan_run(config_path=config_path, analyses=analyses or [], model=model, store=store, run_id=run_id,
-                    resume=resume, seed=seed, allow_pickle_weights=allow_pickle_weights or None)
+    run_config, chosen = resolve_request(config_path, analyses or [], model=model, store=store, seed=seed,
+                                         allow_pickle_weights=allow_pickle_weights or None)
+    if wants_sweep(run_config, executor):
+        sweep(plan_sweep(run_config, chosen, run_id, resume), chosen_executor)
+        return
+    plan = plan_single(run_config, chosen, run_id, resume)
     try:
         result = run_plan(plan, progress=progress, write_report_file=report)
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: run {plan.run_id} is marked interrupted in {plan.store.root}; the analyses "
-                   f"written in full are kept; finish it with the same options plus --resume {plan.run_id}",
-                   err=True)
-        raise typer.Exit(130) from None
+        interrupted(plan.run_id, str(plan.store.root), "analyses")
     typer.echo(f"run {result.run_id}: {result.n_rows} rows for {', '.join(result.analyses) or 'nothing new'} "
                f"-> {result.store_root}")
     for line in result.summary:
         typer.echo(line)
     if result.report_path is not None:
         typer.echo(f"report: {result.report_path}")
+
+
+def interrupted(run_id: str, where: str, parts: str) -> NoReturn:
+    """Say how to finish an interrupted run, and exit with status 130."""
+    typer.echo(f"interrupted: run {run_id} is marked interrupted in {where}; the {parts} written in full are kept; "
+               f"finish it with the same options plus --resume {run_id}", err=True)
+    raise typer.Exit(130) from None
+
+
+def sweep(plan: SweepPlan, executor: Executor) -> None:
+    """Run a planned sweep, printing a line per shard as it ends and a summary."""
+    from mechbench.runner import run_sweep
+
+    typer.echo(f"sweep {plan.run_id}: {len(plan.shards)} shards on {executor.name} -> {plan.store.url}")
+    try:
+        result = run_sweep(plan, executor, on_shard=typer.echo)
+    except KeyboardInterrupt:
+        interrupted(plan.run_id, plan.store.url, "shards")
+    typer.echo(f"run {result.run_id}: {result.n_rows} rows from {len(result.records)} shards "
+               f"({result.skipped} already written, {result.model_loads} model loads) -> {result.store_url}")
 
 
 @models_app.callback()
@@ -129,11 +162,13 @@ def report(
 ) -> None:
     """Write a self-contained HTML report (plotly, offline) of a run."""
     from mechbench.report import write_report
-    from mechbench.runner import latest_run
+    from mechbench.runner import check_reportable, latest_run
     from mechbench.store.result_store import ResultStore
 
     result_store = ResultStore(store)
-    path = write_report(result_store, run or latest_run(result_store), out)
+    run_id = run or latest_run(result_store)
+    check_reportable(result_store.manifest(run_id))
+    path = write_report(result_store, run_id, out)
     typer.echo(f"report: {path}")
 
 

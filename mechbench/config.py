@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
 
 from mechbench.errors import ConfigError, has_control_characters, one_line
 
@@ -29,17 +29,41 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ResourceRequest(StrictModel):
+    """Ray resources of one shard; each field given here replaces the estimate of :mod:`mechbench.sweep`."""
+
+    num_cpus: float | None = Field(None, gt=0, description="CPU cores per shard")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per shard (fractions share a GPU)")
+    memory_gb: float | None = Field(None, gt=0, description="memory per shard in GiB (Ray schedules on it)")
+
+
+class SweepConfig(StrictModel):
+    """The ``sweep`` block: models x analyses x task shards x context lengths, each cell one shard."""
+
+    models: list[str] = Field(min_length=1, description="registry names, Hugging Face names or directories")
+    shards: dict[str, PositiveInt] = Field(default_factory=dict, description="analysis -> number of task "
+                                           "shards its texts are split into (default 1)")
+    context_lengths: dict[str, list[PositiveInt]] = Field(
+        default_factory=dict, description="analysis -> context lengths in tokens, one shard set per length")
+    resources: ResourceRequest = Field(default_factory=ResourceRequest, description="per-shard resource "
+                                       "overrides (default: estimated from model size and context length)")
+    max_retries: NonNegativeInt = Field(3, description="times Ray reruns a shard whose worker died")
+
+
 class RunConfig(StrictModel):
     """Top level of a config file."""
 
     model: str = Field("smollm2-135m", description="registry name, Hugging Face name or local directory")
     seed: Seed = Field(0, description="seed for every random choice (datasets, sampling), -2**63 .. 2**64-1")
-    store: str = Field("mechbench-results", description="result store directory")
+    store: str = Field("mechbench-results", description="result store directory, or an fsspec URL (file://, "
+                       "s3://, memory://) that sweeps write to")
     device: str = Field("cpu", description="torch device")
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
     allow_pickle_weights: bool = Field(False, description="load a model whose weights are only pickle files "
                                        "(pytorch_model.bin, *.pt): only for files you trust")
     analyses: dict[str, Any] = Field(default_factory=dict, description="analysis name -> its options")
+    sweep: SweepConfig | None = Field(None, description="run the analyses over several models, task shards and "
+                                      "context lengths (see docs/sweeps.md)")
 
     @field_validator("analyses", mode="before")
     @classmethod
