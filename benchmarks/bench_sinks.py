@@ -1,97 +1,73 @@
-"""Sink scores: mechbench's streaming Recorder vs the naive `run_with_cache`, side by side.
+"""Sink scores (+ massive activations): mechbench's fused path vs eager streaming vs ``run_with_cache``.
 
-Each mode runs in its own subprocess (so peak RSS is its own) on the same random token sequence:
+Methods, each in its own process on the same random token sequence (see ``harness.py``):
 
-* ``streaming``: ``run_sinks``-style recording, one layer's pattern reduced to ``[heads, T]`` and freed;
-* ``cache-patterns``: ``bridge.run_with_cache(names_filter=hook_pattern)``, then the same metric;
-* ``cache-all`` (``--all-hooks``): ``run_with_cache`` with every hook, as a notebook user would.
+* ``hf-sdpa-forward``: the floor, a Hugging Face forward pass with fused SDPA attention;
+* ``mechbench``: the sinks analysis's recording, ``attention: auto`` (the fused kernel; each layer's
+  pattern summed block by block from q, k and the softmax normaliser) plus ``resid_post`` magnitudes;
+* ``mechbench-eager``: the same reducers on ``attention: eager`` (one layer's ``hook_pattern`` at a time);
+* ``naive-run-with-cache``: ``bridge.run_with_cache`` of every ``hook_pattern``, then the metric.
 
-It prints wall time, peak RSS and RSS above the loaded model, checks that all modes give the same
-scores (max abs difference), and writes the numbers as JSON (``--out``).
-
-    python benchmarks/bench_sinks.py --model smollm2-135m --length 2048
+    python benchmarks/bench_sinks.py --lengths 512 2048 8192
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import subprocess
-import sys
-import time
-from pathlib import Path
+from typing import Any
+
+from harness import Method, main, random_tokens, sdpa_forward
+
+GIB = 1024**3
 
 
-def child(mode: str, model_name: str, length: int, seed: int, scores_out: str) -> dict[str, float]:
-    import torch
-
-    from mechbench.analyses.sinks import SinkScoreReducer, sink_scores
-    from mechbench.core.dataset import TokenDataset
-    from mechbench.core.recorder import Recorder
+def load(name: str) -> Any:
     from mechbench.models.loading import load_model
 
-    torch.set_num_threads(2)
-    model = load_model(model_name)
-    vocab = model.bridge.cfg.d_vocab
-    tokens = torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
-    if model.tokenizer is not None and model.tokenizer.bos_token_id is not None:
-        tokens[0, 0] = model.tokenizer.bos_token_id
-    loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    started = time.perf_counter()
-    if mode == "streaming":
+    return load_model(name)
+
+
+def recorded(attention: str) -> Method:
+    def run(model: Any, length: int, seed: int) -> dict[str, Any]:
+        from mechbench.analyses.sinks import MassiveActivationReducer, SinkScoreReducer
+        from mechbench.core.dataset import TokenDataset
+        from mechbench.core.recorder import ATTENTION, Recorder
+
+        tokens = random_tokens(model, length, seed)
         dataset = TokenDataset(tokens=[tokens[0]], example_ids=["x"], token_texts=[[]])
-        reducer = SinkScoreReducer(1, model.n_layers, model.n_heads, length, model.causal)
-        Recorder(model, batch_size=1, progress=False).run(dataset, {"pattern": reducer})
-        scores = reducer.scores[0]
-    else:
-        names = None if mode == "cache-all" else (lambda name: name.endswith("hook_pattern"))
-        with torch.no_grad():
-            _, cache = model.bridge.run_with_cache(tokens, names_filter=names)
-        scores = torch.stack([sink_scores(cache[f"blocks.{layer}.attn.hook_pattern"])[0]
-                              for layer in range(model.n_layers)])
-        del cache
-    elapsed = time.perf_counter() - started
-    torch.save(scores, scores_out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": elapsed, "peak_rss_mb": peak, "rss_after_load_mb": loaded_rss,
-            "above_model_mb": peak - loaded_rss}
+        scores = SinkScoreReducer(1, model.n_layers, model.n_heads, length, model.causal)
+        massive = MassiveActivationReducer(1, model.n_layers, 3)
+        Recorder(model, batch_size=1, progress=False).run(dataset, {ATTENTION: scores, "resid_post": massive},
+                                                          attention=attention)
+        return {"sink_scores": scores.scores[0], "massive": massive.values[0]}
+
+    name = "mechbench" if attention == "auto" else "mechbench-eager"
+    return Method(name, "mechbench" if attention == "auto" else "eager", load, run,
+                  lambda length: "skipped: eager attention at 8k takes minutes per layer" if
+                  attention == "eager" and length > 4096 else None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--length", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--all-hooks", action="store_true", help="also measure run_with_cache with every hook")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sinks.json"))
-    parser.add_argument("--child", nargs=2, metavar=("MODE", "SCORES_OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args.child[0], args.model, args.length, args.seed, args.child[1])))
-        return
-
+def naive(model: Any, length: int, seed: int) -> dict[str, Any]:
     import torch
 
-    modes = ["streaming", "cache-patterns"] + (["cache-all"] if args.all_hooks else [])
-    results: dict[str, dict[str, float]] = {}
-    scores = {}
-    for mode in modes:
-        scores_path = f"/tmp/mechbench-bench-{mode}.pt"
-        command = [sys.executable, __file__, "--model", args.model, "--length", str(args.length),
-                   "--seed", str(args.seed), "--child", mode, scores_path]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        results[mode] = json.loads(output.strip().splitlines()[-1])
-        scores[mode] = torch.load(scores_path)
-        print(f"{mode:15} {results[mode]['seconds']:8.1f} s  peak RSS {results[mode]['peak_rss_mb']:8.0f} MB  "
-              f"above model {results[mode]['above_model_mb']:8.0f} MB", flush=True)
-    differences = {m: float((scores[m] - scores["streaming"]).abs().max()) for m in modes[1:]}
-    ratio = results["streaming"]["peak_rss_mb"] / results["cache-patterns"]["peak_rss_mb"]
-    print(f"max |streaming - cache| = {differences}; peak RSS ratio streaming / cache-patterns = {ratio:.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": args.model, "length": args.length, "results": results,
-                                    "max_abs_difference": differences, "peak_ratio": ratio}, indent=2))
+    from mechbench.analyses.sinks import massive_activations, sink_scores
 
+    with torch.no_grad():
+        _, cache = model.bridge.run_with_cache(random_tokens(model, length, seed), names_filter=lambda name: (
+            name.endswith("hook_pattern") or name.endswith("hook_resid_post")))
+    scores = torch.stack([sink_scores(cache[f"blocks.{layer}.attn.hook_pattern"])[0] for layer in range(model.n_layers)])
+    massive = torch.stack([massive_activations(cache[f"blocks.{layer}.hook_resid_post"][0])[0].double()
+                           for layer in range(model.n_layers)])
+    return {"sink_scores": scores, "massive": massive}
+
+
+def cache_bytes(length: int) -> float:
+    return 30 * 9 * length * length * 4  # SmolLM2: 30 layers x 9 heads x L x L float32
+
+
+METHODS = [sdpa_forward(), recorded("auto"), recorded("eager"),
+           Method("naive-run-with-cache", "naive", load, naive,
+                  lambda length: f"does not fit: the pattern cache alone is {cache_bytes(length) / GIB:.0f} GiB"
+                  if cache_bytes(length) > 12 * GIB else None)]
 
 if __name__ == "__main__":
-    main()
+    main("sinks", METHODS, (512, 2048, 8192), __doc__)

@@ -1,0 +1,191 @@
+"""Shared harness of the per-analysis benchmarks: every (method, length) in its own subprocess.
+
+A benchmark script lists :class:`Method` s — mechbench's way, the naive way (eager attention +
+``run_with_cache``, or the paper's reference approach) and the floor (the Hugging Face forward pass
+with fused SDPA attention) — and calls :func:`main`. Each method runs in a fresh Python process, so
+its peak RSS (``ru_maxrss``) is its own; only :meth:`Method.run` is timed. Outputs of every method
+are compared with mechbench's (max absolute difference), so a fast wrong answer shows. The CSV has
+one row per (method, length) and the growth exponents of time and of memory above the loaded model
+(least squares of ``log y`` on ``log length``).
+
+    python benchmarks/bench_sinks.py --lengths 512 2048 8192
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Outputs = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of computing an analysis's numbers."""
+
+    name: str
+    role: str  # "mechbench" | "naive" | "floor"
+    load: Callable[[str], Any]  # model name -> state (not timed)
+    run: Callable[[Any, int, int], Outputs]  # (state, length, seed) -> tensors to compare (timed)
+    #: ``length -> reason`` when the method cannot run at that length on this machine (None: it can)
+    infeasible: Callable[[int], str | None] = lambda length: None
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def random_tokens(model: Any, length: int, seed: int) -> Any:
+    """``[1, length]`` random token ids (seeded) starting with the model's BOS, as every method gets them."""
+    import torch
+
+    vocab = model.vocab_size if hasattr(model, "vocab_size") else model.config.vocab_size
+    tokens = torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
+    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    tokens[0, 0] = 1 if bos is None else bos
+    return tokens
+
+
+def load_hf(model_name: str, attention: str) -> Any:
+    """The registry model as a plain Hugging Face model with ``attention`` (``sdpa`` or ``eager``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mechbench.models.registry import REGISTRY, hf_dir_for
+
+    return AutoModelForCausalLM.from_pretrained(hf_dir_for(REGISTRY[model_name]), attn_implementation=attention,
+                                                dtype=torch.float32).eval()
+
+
+def sdpa_forward() -> Method:
+    """The floor: one Hugging Face forward pass with fused SDPA attention, logits at every position."""
+    import torch
+
+    def run(model: Any, length: int, seed: int) -> Outputs:
+        with torch.no_grad():
+            model(input_ids=random_tokens(model, length, seed))
+        return {}
+
+    return Method("hf-sdpa-forward", "floor", lambda name: load_hf(name, "sdpa"), run)
+
+
+def _child(methods: Sequence[Method], name: str, model: str, length: int, seed: int, threads: int,
+           out: str) -> dict[str, float]:
+    import torch
+
+    torch.set_num_threads(threads)
+    method = next(m for m in methods if m.name == name)
+    state = method.load(model)
+    loaded = rss_mb()
+    started = time.perf_counter()
+    outputs = method.run(state, length, seed)
+    seconds = time.perf_counter() - started
+    torch.save(outputs, out)
+    return {"seconds": seconds, "peak_rss_mb": rss_mb(), "rss_after_load_mb": loaded}
+
+
+def _max_difference(ours: Outputs, theirs: Outputs) -> float | None:
+    shared = [key for key in ours if key in theirs]
+    if not shared:
+        return None
+    if any(ours[key].shape != theirs[key].shape for key in shared):
+        return math.inf  # e.g. a different number of generated tokens
+    return max(float((ours[key].double() - theirs[key].double()).nan_to_num(0.0).abs().max()) for key in shared)
+
+
+def _exponent(points: list[tuple[int, float]]) -> float | None:
+    points = [(x, y) for x, y in points if y > 0]
+    if len(points) < 2:
+        return None
+    xs, ys = [math.log(x) for x, _ in points], [math.log(y) for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def main(analysis: str, methods: Sequence[Method], default_lengths: Sequence[int], doc: str | None,
+         setup: Callable[[str, int, int], None] | None = None) -> None:
+    """Run every method at every length (each in a subprocess), print a table, write the CSV.
+
+    ``setup(model, length, seed)``, when given, runs in this process before the methods of each length
+    (e.g. to build an input every method then reads from a file).
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(default_lengths))
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(f"benchmarks/results/{analysis}.csv"))
+    parser.add_argument("--child", nargs=3, metavar=("METHOD", "LENGTH", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        name, length, out = args.child
+        print(json.dumps(_child(methods, name, args.model, int(length), args.seed, args.threads, out)))
+        return
+
+    import torch
+
+    chosen = [m for m in methods if args.methods is None or m.name in args.methods]
+    rows: list[dict[str, Any]] = []
+    for length in args.lengths:
+        if setup is not None:
+            setup(args.model, length, args.seed)
+        outputs: dict[str, Outputs] = {}
+        for method in chosen:
+            row: dict[str, Any] = {"analysis": analysis, "model": args.model, "method": method.name,
+                                   "role": method.role, "length": length, "threads": args.threads}
+            reason = method.infeasible(length)
+            if reason is None:
+                path = f"/tmp/mechbench-bench-{analysis}-{method.name}-{length}.pt"
+                command = [sys.executable, sys.argv[0], "--model", args.model, "--seed", str(args.seed),
+                           "--threads", str(args.threads), "--child", method.name, str(length), path]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode == 0:
+                    row.update(json.loads(done.stdout.strip().splitlines()[-1]))
+                    row["above_model_mb"] = row["peak_rss_mb"] - row["rss_after_load_mb"]
+                    outputs[method.name] = torch.load(path, weights_only=False)
+                else:
+                    reason = f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}"
+            row["note"] = reason or ""
+            rows.append(row)
+            shown = (f"{row['seconds']:8.2f} s  peak {row['peak_rss_mb']:7.0f} MB  above model "
+                     f"{row['above_model_mb']:7.0f} MB" if "seconds" in row else f"not run: {reason}")
+            print(f"{analysis:9} {length:6} {method.name:24} {shown}", flush=True)
+        reference = next((outputs[m.name] for m in chosen if m.role == "mechbench" and m.name in outputs), None)
+        floor = next((r for r in rows if r["length"] == length and r["role"] == "floor" and "seconds" in r), None)
+        for row in rows:
+            if row["length"] != length or "seconds" not in row:
+                continue
+            if reference is not None:
+                row["max_abs_difference"] = _max_difference(reference, outputs[row["method"]])
+            if floor is not None:
+                row["time_vs_floor"] = row["seconds"] / floor["seconds"]
+                row["memory_vs_floor"] = row["peak_rss_mb"] / floor["peak_rss_mb"]
+    for method in chosen:
+        mine = [r for r in rows if r["method"] == method.name and "seconds" in r]
+        time_exp = _exponent([(r["length"], r["seconds"]) for r in mine])
+        memory_exp = _exponent([(r["length"], r["above_model_mb"]) for r in mine])
+        for r in mine:
+            r["time_exponent"], r["memory_exponent"] = time_exp, memory_exp
+        if time_exp is not None:
+            print(f"{method.name:24} time ~ length^{time_exp:.2f}, memory above model ~ length^{memory_exp:.2f}")
+    columns = ["analysis", "model", "method", "role", "length", "threads", "seconds", "peak_rss_mb",
+               "rss_after_load_mb", "above_model_mb", "time_vs_floor", "memory_vs_floor", "max_abs_difference",
+               "time_exponent", "memory_exponent", "note"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: (f"{row[c]:.4g}" if isinstance(row.get(c), float) else row.get(c, "")) for c in columns})
+    print(f"wrote {args.out}")
