@@ -251,12 +251,14 @@ def rope_band_advantage(rot_q: Tensor, rot_k: Tensor, pattern: Tensor, n_bands: 
 # ---------------------------------------------------------------------------- pattern types
 def lag_profile(rows: Tensor, first: int = 0) -> Tensor:
     """``L[..., t, delta] = A[..., t, t - delta]`` (0 where ``delta > t``) for pattern rows ``[..., r, T]`` whose
-    first row is query ``first`` (a whole ``[..., T, T]`` pattern by default)."""
+    first row is query ``first`` (a whole ``[..., T, T]`` pattern by default).
+
+    A strided view of the rows flipped and zero-padded to width ``2T``: row ``i`` starts ``T - 1 - (first + i)``
+    entries in, so lag ``delta`` lands on key ``t - delta`` and lags past ``t`` on the padding (no index tensor)."""
     n = rows.shape[-1]
-    t = torch.arange(first, first + rows.shape[-2], device=rows.device)[:, None]
-    delta = torch.arange(n, device=rows.device)[None, :]
-    index = (t - delta).clamp(min=0).expand(*rows.shape[:-1], n)
-    return rows.gather(-1, index) * (delta <= t)
+    padded = F.pad(rows.flip(-1), (0, n)).contiguous()  # [..., r, 2T]: key n - 1 - m at column m
+    return padded.as_strided((*padded.shape[:-1], n), (*padded.stride()[:-2], 2 * n - 1, 1),
+                             padded.storage_offset() + n - 1 - first)
 
 
 @dataclass(frozen=True)
@@ -295,9 +297,8 @@ class PatternAccumulator:
             return
         t = torch.arange(first, first + rows.shape[-2], device=rows.device)
         self.lag_sums += lag_profile(rows, first).sum(-2)
-        far = t[:, None] - torch.arange(self.n, device=rows.device)[None, :] > self.criteria.local_window
-        self.far_column_sums += (rows * far).sum(-2)
-        entropy = -(rows * rows.clamp_min(1e-300).log()).sum(-1)
+        self.far_column_sums += rows.tril(first - self.criteria.local_window - 1).sum(-2)  # keys j < t - w
+        entropy = -torch.special.xlogy(rows, rows).sum(-1)
         self.entropy_sum += (entropy / (t + 1).double().log()).sum(-1)
 
     def scores(self, columns: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
@@ -572,7 +573,7 @@ class TappaReducer:
         start = 1 if bands else self.criteria.local_window + 1
         for first, rows in view.blocks(start, max(length for _, _, length in examples)):
             for row, index, length in examples:
-                block = rows[row, :, :max(0, length - first), :length]
+                block = rows[row, :, :max(0, length - first), :length].double()  # converted once for both sums
                 if block.shape[-2] == 0:
                     continue
                 patterns[index].add(block, first)
