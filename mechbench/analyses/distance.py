@@ -64,6 +64,8 @@ from mechbench.tasks.reasoning import (
 )
 
 ANALYSIS = "distance"
+#: Positions whose next-token entropy is computed at once (float64 ``[rows, vocab]`` temporaries stay bounded).
+ENTROPY_ROWS = 128
 Head = tuple[int, int]
 
 
@@ -334,7 +336,9 @@ class DistanceReducer:
     def keep_entropy(self, logits: Tensor, batch: Batch) -> None:
         """Entropy of the distribution that emitted each response token ``t`` (logits at ``t - 1``) [INFERRED]."""
         for row, index, prompt, length in self._rows(batch):
-            self.entropy[index] = next_token_entropy(logits[row, prompt - 1:length - 1]).cpu()
+            chunks = [logits[row, first:min(first + ENTROPY_ROWS, length - 1)]
+                      for first in range(prompt - 1, length - 1, ENTROPY_ROWS)]
+            self.entropy[index] = torch.cat([next_token_entropy(chunk) for chunk in chunks]).cpu()
 
 
 def transcript_dataset(model: HookedModel, transcripts: Sequence[Transcript]) -> TokenDataset:
