@@ -13,11 +13,15 @@ prompt ⊕ response; ``R`` = the response rows (query positions), ``A[l,h]`` = t
   ``T(s) = {t in R : s + H_lo <= t <= min(N, s + H_hi)}``.
 
 Streaming: WAAD and FAI are linear in the pattern, so the mean over a group's heads of per-head
-WAAD (FAI) equals the WAAD (FAI) of the group map. :class:`DistanceReducer` keeps, per example,
-``d`` and per-head WAAD and FAI vectors (``[layer, head, |R|]``) and drops each ``[head, T, T]``
-pattern once its layer is reduced; groups are chosen after the pass (from ``d`` averaged over the
-examples) and the group means are taken over the kept vectors. Peak memory is one layer's pattern
-plus ``2 x layers x heads x |R|`` floats per example, never ``layers x heads x T x T``.
+WAAD (FAI) equals the WAAD (FAI) of the group map. :class:`DistanceReducer` reads each layer's
+response rows block by block (an :class:`~mechbench.core.fused.AttentionView`, fused by default) and
+keeps, per example, ``d`` and per-head WAAD and FAI vectors (``[layer, head, |R|]``): the span and
+WAAD of a row need only that row, and FAI's numerator is a column sum over the future response rows,
+accumulated block by block (:func:`future_attention_mass`). Groups are chosen after the pass (from
+``d`` averaged over the examples) and the group means are taken over the kept vectors. Peak memory
+is one block of rows (bounded) plus ``2 x layers x heads x |R|`` floats per example, never a
+``[head, T, T]`` pattern on the fused path. The pure functions (:func:`head_spans`, :func:`waad`,
+:func:`fai`) take full patterns and share the per-row arithmetic with the reducer.
 
 [INFERRED] (not specified by the paper): the analysis horizon starts at ``H_lo = 1`` (a token's
 attention to itself is not future attention), groups are chosen once per dataset, the peak rule
@@ -41,9 +45,10 @@ from tqdm.auto import tqdm
 from mechbench.analyses.retrieval import greedy_decode, ranked_heads
 from mechbench.config import Seed, StrictModel
 from mechbench.core.dataset import TokenDataset
+from mechbench.core.fused import AttentionView
 from mechbench.core.hooked import HookedModel
 from mechbench.core.limits import check_context, check_layers
-from mechbench.core.recorder import Batch, Recorder
+from mechbench.core.recorder import ATTENTION, AttentionPath, Batch, Recorder
 from mechbench.core.tidy import to_tidy
 from mechbench.errors import ConfigError, DatasetError
 from mechbench.tasks.niah import Template
@@ -59,6 +64,8 @@ from mechbench.tasks.reasoning import (
 )
 
 ANALYSIS = "distance"
+#: Positions whose next-token entropy is computed at once (float64 ``[rows, vocab]`` temporaries stay bounded).
+ENTROPY_ROWS = 128
 Head = tuple[int, int]
 
 
@@ -73,10 +80,46 @@ def _response_rows(pattern: Tensor, response_rows: tuple[int, int]) -> tuple[int
     return start, end
 
 
-def _lags(start: int, end: int, n: int, device: torch.device) -> Tensor:
-    """``t - s`` for query rows ``t in [start, end)`` and keys ``s < n``, 0 where ``s > t`` (float64 ``[rows, n]``)."""
-    queries = torch.arange(start, end, device=device)
-    return (queries[:, None] - torch.arange(n, device=device)[None, :]).clamp(min=0).double()
+def _lag_weights(first: int, n_rows: int, n_keys: int, device: torch.device, cap: int | None = None) -> Tensor:
+    """``min(t - s, cap)`` for query rows ``t in [first, first + n_rows)`` and keys ``s < n_keys``, 0 where ``s > t``
+    (float64 ``[rows, keys]``; no cap = the plain lag)."""
+    queries = torch.arange(first, first + n_rows, device=device)
+    return (queries[:, None] - torch.arange(n_keys, device=device)[None, :]).clamp(min=0, max=cap).double()
+
+
+def lag_weighted_rows(rows: Tensor, first: int, cap: int | None = None) -> Tensor:
+    """``sum_{s<=t} A[t,s] min(t - s, cap)`` for each of the pattern ``rows`` ``[..., r, keys]`` whose first row is
+    query ``first``: per row, the summand of the head span (Eq. 7, no cap) and WAAD itself (Eq. 9, ``cap = W``).
+    Returns ``[..., r]`` float64."""
+    return (rows.double() * _lag_weights(first, rows.shape[-2], rows.shape[-1], rows.device, cap)).sum(-1)
+
+
+def future_attention_mass(rows: Tensor, first: int, response_rows: tuple[int, int], h_lo: int = 1,
+                          h_hi: int | None = None) -> Tensor:
+    """The numerator of FAI (Eq. 10) from one block of pattern ``rows`` ``[..., r, keys]`` (first row = query
+    ``first``, all inside the response): ``sum_{t in block, t in T(s)} A[t,s]`` for each response key ``s``.
+    Summed over the blocks of the response rows it is ``sum_{t in T(s)} A[t,s]``. Returns ``[..., |R|]`` float64."""
+    start, end = response_rows
+    queries = torch.arange(first, first + rows.shape[-2], device=rows.device)
+    gap = queries[:, None] - torch.arange(start, end, device=rows.device)[None, :]  # t - s
+    future = gap >= h_lo
+    if h_hi is not None:
+        future &= gap <= h_hi
+    return (rows[..., start:end].double() * future).sum(-2)
+
+
+def horizon_sizes(response_rows: tuple[int, int], h_lo: int = 1, h_hi: int | None = None) -> Tensor:
+    """``|T(s)|`` for each response key ``s`` (Eq. 10): rows ``t in R`` with ``s + h_lo <= t <= min(N, s + h_hi)``."""
+    start, end = response_rows
+    keys = torch.arange(start, end)
+    last = torch.full_like(keys, end - 1) if h_hi is None else (keys + h_hi).clamp(max=end - 1)
+    return (last - keys - h_lo + 1).clamp(min=0)
+
+
+def fai_from_mass(received: Tensor, sizes: Tensor) -> Tensor:
+    """``FAI_s = received_s / |T(s)|``, NaN where ``T(s)`` is empty."""
+    sizes = sizes.to(received.device)
+    return torch.where(sizes > 0, received / sizes.clamp(min=1), float("nan"))
 
 
 def head_spans(pattern: Tensor, response_rows: tuple[int, int]) -> Tensor:
@@ -86,8 +129,7 @@ def head_spans(pattern: Tensor, response_rows: tuple[int, int]) -> Tensor:
     ``R``. ``d = 1/|R| sum_{t in R} sum_{s<=t} A[t,s] (t - s)``. Returns ``[...]`` float64.
     """
     start, end = _response_rows(pattern, response_rows)
-    lags = _lags(start, end, pattern.shape[-1], pattern.device)
-    return (pattern[..., start:end, :].double() * lags).sum(-1).mean(-1)
+    return lag_weighted_rows(pattern[..., start:end, :], start).mean(-1)
 
 
 def waad(group_map: Tensor, response_rows: tuple[int, int], window: int = 10) -> Tensor:
@@ -98,8 +140,7 @@ def waad(group_map: Tensor, response_rows: tuple[int, int], window: int = 10) ->
     Returns ``[..., |R|]`` float64.
     """
     start, end = _response_rows(group_map, response_rows)
-    weights = _lags(start, end, group_map.shape[-1], group_map.device).clamp(max=window)
-    return (group_map[..., start:end, :].double() * weights).sum(-1)
+    return lag_weighted_rows(group_map[..., start:end, :], start, window)
 
 
 def fai(group_map: Tensor, response_rows: tuple[int, int], h_lo: int = 1, h_hi: int | None = None) -> Tensor:
@@ -110,14 +151,8 @@ def fai(group_map: Tensor, response_rows: tuple[int, int], h_lo: int = 1, h_hi: 
     ``[start, end)``; NaN where ``T(s)`` is empty. Returns ``[..., |R|]`` float64.
     """
     start, end = _response_rows(group_map, response_rows)
-    positions = torch.arange(start, end, device=group_map.device)
-    gap = positions[:, None] - positions[None, :]  # t - s, rows t and keys s both in R
-    future = gap >= h_lo
-    if h_hi is not None:
-        future &= gap <= h_hi
-    received = (group_map[..., start:end, start:end].double() * future).sum(-2)
-    count = future.sum(0)
-    return torch.where(count > 0, received / count.clamp(min=1), float("nan"))
+    received = future_attention_mass(group_map[..., start:end, :], start, (start, end), h_lo, h_hi)
+    return fai_from_mass(received, horizon_sizes((start, end), h_lo, h_hi))
 
 
 def split_heads(spans: Tensor, local_frac: float = 0.3, global_frac: float = 0.3) -> tuple[list[Head], list[Head]]:
@@ -274,18 +309,36 @@ class DistanceReducer:
         return [(row, index, self.prompt_lengths[index], length)
                 for row, (index, length) in enumerate(zip(batch.indices.tolist(), batch.lengths.tolist(), strict=True))]
 
-    def __call__(self, layer: int, pattern: Tensor, batch: Batch) -> None:
-        for row, index, prompt, length in self._rows(batch):
-            heads = pattern[row, :, :length, :length]
-            rows = (prompt, length)
-            self.spans[index, layer] = head_spans(heads, rows).cpu()
-            self.waad[index][layer] = waad(heads, rows, self.window).cpu()
-            self.fai[index][layer] = fai(heads, rows, self.h_lo, self.h_hi).cpu()
+    def __call__(self, layer: int, view: AttentionView, batch: Batch) -> None:
+        """Reduce one layer: the response rows of every example, block by block (never a ``[head, T, T]`` tensor).
+
+        Per block: the span summands and WAAD of its rows, and its share of each response key's FAI numerator."""
+        examples = self._rows(batch)
+        received = {index: torch.zeros(self.n_heads, length - prompt, dtype=torch.float64)
+                    for _, index, prompt, length in examples}
+        span_sums = {index: torch.zeros(self.n_heads, dtype=torch.float64) for _, index, _, _ in examples}
+        start, stop = min(prompt for _, _, prompt, _ in examples), max(length for _, _, _, length in examples)
+        for first, rows in view.blocks(start, stop):
+            for row, index, prompt, length in examples:
+                low, high = max(first, prompt), min(first + rows.shape[-2], length)
+                if low >= high:
+                    continue
+                block = rows[row, :, low - first:high - first, :length]
+                span_sums[index] += lag_weighted_rows(block, low).sum(-1).cpu()
+                waad_rows = lag_weighted_rows(block, low, self.window)
+                self.waad[index][layer, :, low - prompt:high - prompt] = waad_rows.cpu()
+                received[index] += future_attention_mass(block, low, (prompt, length), self.h_lo, self.h_hi).cpu()
+        for _, index, prompt, length in examples:
+            self.spans[index, layer] = span_sums[index] / (length - prompt)
+            self.fai[index][layer] = fai_from_mass(received[index], horizon_sizes((prompt, length), self.h_lo,
+                                                                                  self.h_hi))
 
     def keep_entropy(self, logits: Tensor, batch: Batch) -> None:
         """Entropy of the distribution that emitted each response token ``t`` (logits at ``t - 1``) [INFERRED]."""
         for row, index, prompt, length in self._rows(batch):
-            self.entropy[index] = next_token_entropy(logits[row, prompt - 1:length - 1]).cpu()
+            chunks = [logits[row, first:min(first + ENTROPY_ROWS, length - 1)]
+                      for first in range(prompt - 1, length - 1, ENTROPY_ROWS)]
+            self.entropy[index] = torch.cat([next_token_entropy(chunk) for chunk in chunks]).cpu()
 
 
 def transcript_dataset(model: HookedModel, transcripts: Sequence[Transcript]) -> TokenDataset:
@@ -364,7 +417,8 @@ def run_distance(model: HookedModel, transcripts: Sequence[Transcript], config: 
     reducer = DistanceReducer(prompt_lengths, dataset.lengths, model.n_layers, model.n_heads, config.window,
                               config.h_lo, config.h_hi)
     Recorder(model, batch_size=config.batch_size, progress=progress).run(
-        dataset, {"pattern": reducer}, layers=layers, description="attention distance", on_logits=reducer.keep_entropy)
+        dataset, {ATTENTION: reducer}, layers=layers, description="attention distance", on_logits=reducer.keep_entropy,
+        attention=config.attention)
     spans = reducer.spans.nanmean(0)
     local, glob = split_heads(spans, config.local_frac, config.global_frac)
     receiver_score = torch.stack([kurtosis(per_head) for per_head in reducer.fai]).nanmean(0)
@@ -437,6 +491,10 @@ class DistanceConfig(StrictModel):
     n_random: PositiveInt = Field(20, description="random-position draws per example for the baselines")
     seed: Seed = Field(0, description="seed of the random-position baselines")
     batch_size: PositiveInt = 1
+    attention: AttentionPath = Field("auto", description="how pattern rows are read: fused (rebuilt block by block "
+                                     "from q, k and the softmax normaliser; memory linear in the context), eager "
+                                     "(hook_pattern, one [head, T, T] per layer) or auto (fused where the model "
+                                     "supports it)")
 
 
 def check_config(config: DistanceConfig, data: bool = True) -> None:

@@ -23,7 +23,7 @@ paper leaves open are in ``docs/metrics/tappa.md``; items marked [INFERRED] are 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -35,10 +35,11 @@ from torch import Tensor
 
 from mechbench.config import StrictModel
 from mechbench.core.dataset import TokenDataset
+from mechbench.core.fused import AttentionView
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import PatternEdit, renormalise_to_keys, skip_layers_hooks, text_nll
 from mechbench.core.limits import check_context
-from mechbench.core.recorder import Batch, Recorder
+from mechbench.core.recorder import ATTENTION, AttentionPath, Batch, Recorder
 from mechbench.core.tidy import to_tidy
 from mechbench.errors import CapabilityError, ConfigError, DatasetError
 from mechbench.tasks.texts import BUILTIN, load_texts
@@ -179,6 +180,54 @@ def band_slices(n_pairs: int, n_bands: int) -> list[Tensor]:
     return list(torch.arange(n_pairs).tensor_split(n_bands))
 
 
+def band_channels(d_head: int, n_bands: int, rotary_dim: int | None = None,
+                  adjacent_pairs: bool = False) -> list[Tensor]:
+    """The channels of each rotary band (band 0 = highest frequencies), plus, when ``rotary_dim < d_head``,
+    a last band of the position-free channels."""
+    rotary_dim = d_head if rotary_dim is None else rotary_dim
+    first, second = rope_pairs(rotary_dim, adjacent_pairs)
+    channels = [torch.cat([first[band], second[band]]) for band in band_slices(rotary_dim // 2, n_bands)]
+    if rotary_dim < d_head:
+        channels.append(torch.arange(rotary_dim, d_head))
+    return channels
+
+
+class BandAccumulator:
+    """Running sums of :func:`rope_band_advantage` over blocks of pattern rows of one example.
+
+    ``c_b`` is bilinear in ``q`` and ``k``, so per row ``t``::
+
+        sum_j (A[t, j] - [j <= t] / (t + 1)) c_b[t, j] = q_{t,b} . (sum_j A[t, j] k_j - mean_{j<=t} k_j)_b / sqrt(d)
+
+    and a block of rows costs one ``[r, T] x [T, d]`` product and no ``[r, T]`` tensor per band.
+    ``rot_q``, ``rot_k``: post-RoPE ``[..., T, d]``.
+    """
+
+    def __init__(self, rot_q: Tensor, rot_k: Tensor, n_bands: int, rotary_dim: int | None = None,
+                 adjacent_pairs: bool = False) -> None:
+        self.query, self.key = rot_q.double(), rot_k.double()
+        self.n, d = rot_q.shape[-2:]
+        self.scale = math.sqrt(d)
+        self.channels = band_channels(d, n_bands, rotary_dim, adjacent_pairs)
+        visible = torch.arange(1, self.n + 1, dtype=torch.float64, device=self.key.device)[:, None]
+        self.mean_key = self.key.cumsum(-2) / visible  # mean_{j<=t} k_j
+        self.sums = torch.zeros(*rot_q.shape[:-2], len(self.channels), dtype=torch.float64, device=self.key.device)
+
+    def add(self, rows: Tensor, first: int) -> None:
+        """Add pattern rows ``[..., r, T]`` whose first row is query ``first`` (row 0 is not scored)."""
+        skip = max(0, 1 - first)
+        rows, first = rows[..., skip:, :], first + skip
+        stop = first + rows.shape[-2]
+        attended = rows.double() @ self.key - self.mean_key[..., first:stop, :]
+        lift = self.query[..., first:stop, :] * attended / self.scale  # [..., r, d]
+        for band, chosen in enumerate(self.channels):
+            self.sums[..., band] += lift[..., chosen].sum((-1, -2))
+
+    def advantage(self) -> Tensor:
+        """``adv_b`` ``[..., bands]`` float64 on the CPU: the mean over rows ``t >= 1`` (0 for one token)."""
+        return (self.sums / (self.n - 1) if self.n > 1 else torch.zeros_like(self.sums)).cpu()
+
+
 def rope_band_advantage(rot_q: Tensor, rot_k: Tensor, pattern: Tensor, n_bands: int = 4,
                         rotary_dim: int | None = None, adjacent_pairs: bool = False) -> Tensor:
     """How much each rotary frequency band lifts the keys a head attends to [INFERRED measure].
@@ -192,32 +241,24 @@ def rope_band_advantage(rot_q: Tensor, rot_k: Tensor, pattern: Tensor, n_bands: 
 
     is additive: ``sum_b adv_b`` is the same quantity for the whole logit. Returns ``[head, bands]``
     float64. Bands with a large positive ``adv_b`` are the ones that make the head's pattern.
+    Computed by :class:`BandAccumulator`, as the blockwise reducer does.
     """
-    heads, n, d = rot_q.shape
-    rotary_dim = d if rotary_dim is None else rotary_dim
-    first, second = rope_pairs(rotary_dim, adjacent_pairs)
-    channels = [torch.cat([first[band], second[band]]) for band in band_slices(rotary_dim // 2, n_bands)]
-    if rotary_dim < d:
-        channels.append(torch.arange(rotary_dim, d))
-    causal = torch.ones(n, n, dtype=torch.bool, device=rot_q.device).tril()
-    visible = causal.sum(-1).double()
-    weights = pattern.double() - causal.double() / visible[:, None]  # A[t, j] - 1/(t+1) on visible keys
-    out = torch.zeros(heads, len(channels), dtype=torch.float64)
-    for index, chosen in enumerate(channels):
-        contribution = rot_q[..., chosen].double() @ rot_k[..., chosen].double().transpose(-1, -2) / math.sqrt(d)
-        per_row = (weights * contribution.masked_fill(~causal, 0.0)).sum(-1)  # [head, T]
-        out[:, index] = per_row[:, 1:].mean(-1).cpu() if n > 1 else 0.0
-    return out
+    bands = BandAccumulator(rot_q, rot_k, n_bands, rotary_dim, adjacent_pairs)
+    bands.add(pattern, 0)
+    return bands.advantage()
 
 
 # ---------------------------------------------------------------------------- pattern types
-def lag_profile(pattern: Tensor) -> Tensor:
-    """``L[..., t, delta] = A[..., t, t - delta]`` (0 where ``delta > t``), from a ``[..., T, T]`` pattern."""
-    n = pattern.shape[-1]
-    t = torch.arange(n, device=pattern.device)[:, None]
-    delta = torch.arange(n, device=pattern.device)[None, :]
-    index = (t - delta).clamp(min=0).expand(*pattern.shape[:-2], n, n)
-    return pattern.gather(-1, index) * (delta <= t)
+def lag_profile(rows: Tensor, first: int = 0) -> Tensor:
+    """``L[..., t, delta] = A[..., t, t - delta]`` (0 where ``delta > t``) for pattern rows ``[..., r, T]`` whose
+    first row is query ``first`` (a whole ``[..., T, T]`` pattern by default).
+
+    A strided view of the rows flipped and zero-padded to width ``2T``: row ``i`` starts ``T - 1 - (first + i)``
+    entries in, so lag ``delta`` lands on key ``t - delta`` and lags past ``t`` on the padding (no index tensor)."""
+    n = rows.shape[-1]
+    padded = F.pad(rows.flip(-1), (0, n)).contiguous()  # [..., r, 2T]: key n - 1 - m at column m
+    return padded.as_strided((*padded.shape[:-1], n), (*padded.stride()[:-2], 2 * n - 1, 1),
+                             padded.storage_offset() + n - 1 - first)
 
 
 @dataclass(frozen=True)
@@ -229,6 +270,97 @@ class PatternCriteria:
     max_period: int = 32
     mass_threshold: float = 0.5
     diffuse_threshold: float = 0.8
+
+
+class PatternAccumulator:
+    """Running sums over the scored rows of one example's causal pattern, from which :func:`pattern_scores`
+    follow exactly; rows arrive in blocks (any order, each row once), so no ``[..., T, T]`` tensor is needed.
+
+    Per scored row ``t`` (``w < t < T``) it adds the lag profile ``A[t, t - delta]``, the far mass per key column
+    (``A[t, j]``, ``t - j > w``) and the normalised entropy ``H(A[t]) / log(t + 1)``, in float64. ``lead`` is the
+    shape before the two pattern axes (e.g. ``(head,)``), ``n`` the number of positions ``T``.
+    """
+
+    def __init__(self, n: int, lead: tuple[int, ...], criteria: PatternCriteria = PatternCriteria(),
+                 device: torch.device | str = "cpu") -> None:
+        self.n, self.lead, self.criteria = n, lead, criteria
+        self.first_row = criteria.local_window + 1
+        self.lag_sums = torch.zeros(*lead, n, dtype=torch.float64, device=device)
+        self.far_column_sums = torch.zeros(*lead, n, dtype=torch.float64, device=device)
+        self.entropy_sum = torch.zeros(lead, dtype=torch.float64, device=device)
+
+    def add(self, rows: Tensor, first: int) -> None:
+        """Add pattern rows ``[..., r, T]`` whose first row is query ``first``; rows ``t <= w`` are not scored."""
+        skip = max(0, self.first_row - first)
+        rows, first = rows[..., skip:, :].double(), first + skip
+        if rows.shape[-2] == 0:
+            return
+        t = torch.arange(first, first + rows.shape[-2], device=rows.device)
+        self.lag_sums += lag_profile(rows, first).sum(-2)
+        self.far_column_sums += rows.tril(first - self.criteria.local_window - 1).sum(-2)  # keys j < t - w
+        entropy = -torch.special.xlogy(rows, rows).sum(-1)
+        self.entropy_sum += (entropy / (t + 1).double().log()).sum(-1)
+
+    def scores(self, columns: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+        """The scores of :func:`pattern_scores` (``{name: [*lead]}`` float64 on the CPU).
+
+        ``columns(keys)`` gives the pattern's columns ``A[..., :, keys]`` ``[..., T, len(keys)]``: the vertical
+        columns' far mass is taken out of the lag profile once the columns are known.
+        """
+        w, n = self.criteria.local_window, self.n
+        if n <= w + 1:
+            nan = torch.full(self.lead, float("nan"), dtype=torch.float64)
+            return {"vertical": nan, "diagonal": nan, "periodic": nan, "diffuse": nan, "period": nan.clone()}
+        n_rows = n - w - 1
+        mean_lag = self.lag_sums / n_rows
+        diagonal = torch.maximum(mean_lag[..., : w + 1].sum(-1), mean_lag[..., w + 1:].max(-1).values)
+
+        keys = torch.arange(n, device=self.lag_sums.device)
+        seen = (n - w - 1 - keys).clamp(min=1)  # rows t > max(w, j + w) that see key j from beyond the window
+        top = (self.far_column_sums / seen).topk(min(self.criteria.n_columns, n), dim=-1).indices  # [..., k]
+        vertical = self.far_column_sums.gather(-1, top).sum(-1) / n_rows
+
+        far_lags = self.lag_sums.clone()
+        far_lags[..., : w + 1] = 0.0
+        rest = far_lags - self._far_lags_on(top, columns)
+        # the difference is exact but for float64 rounding of the sums (<= n eps of the lag's far mass):
+        # within it the top columns hold all the lag's far mass, and the direct sum is 0
+        rest = rest.masked_fill(rest <= n * torch.finfo(torch.float64).eps * far_lags, 0.0) / n_rows
+        periodic, period = _best_period(rest, w, self.criteria.max_period)
+        diffuse = self.entropy_sum / n_rows
+        return {name: value.cpu() for name, value in (("vertical", vertical), ("diagonal", diagonal),
+                                                      ("periodic", periodic), ("diffuse", diffuse),
+                                                      ("period", period))}
+
+    def _far_lags_on(self, top: Tensor, columns: Callable[[Tensor], Tensor]) -> Tensor:
+        """Sum over the rows of the far mass on the ``top`` columns ``[..., k]``, by lag ``t - j``: ``[..., T]``."""
+        union, position = top.flatten().unique(return_inverse=True)
+        values = columns(union).double()  # [..., T, u]
+        index = position.reshape(top.shape)[..., None, :].expand(*self.lead, self.n, top.shape[-1])
+        on_top = values.gather(-1, index)  # [..., T, k]: A[t, top_i]
+        lag = torch.arange(self.n, device=top.device)[:, None] - top[..., None, :]  # [..., T, k]
+        far = lag > self.criteria.local_window
+        out = torch.zeros(*self.lead, self.n, dtype=torch.float64, device=top.device)
+        return out.scatter_add(-1, lag.clamp(min=0).flatten(-2), (on_top * far).flatten(-2))
+
+
+def _best_period(rest: Tensor, w: int, max_period: int) -> tuple[Tensor, Tensor]:
+    """``(score, p)`` of the best period ``p in w+1 .. max_period``: the mean mass ``rest`` at lags ``p, 2p, ...``
+    minus that at its strongest multiple; score 0 and ``p`` NaN when no period scores above 0."""
+    n = rest.shape[-1]
+    best = torch.zeros(rest.shape[:-1], dtype=torch.float64)
+    period = torch.full(rest.shape[:-1], float("nan"), dtype=torch.float64)
+    rest = rest.cpu()
+    for p in range(w + 1, min(max_period, n - 1) + 1):
+        multiples = torch.arange(p, n, p)
+        if multiples.numel() < 2:
+            continue
+        at = rest[..., multiples]
+        score = at.sum(-1) - at.max(-1).values
+        better = score > best
+        best = torch.where(better, score, best)
+        period = torch.where(better, torch.tensor(float(p), dtype=torch.float64), period)
+    return best, period
 
 
 def pattern_scores(pattern: Tensor, criteria: PatternCriteria = PatternCriteria()) -> dict[str, Tensor]:
@@ -247,48 +379,12 @@ def pattern_scores(pattern: Tensor, criteria: PatternCriteria = PatternCriteria(
     * ``diffuse``: row entropy divided by ``log(t + 1)`` (1 = uniform over the visible keys).
 
     Returns ``{name: [...]}`` (float64; NaN when ``T <= w + 1``). See :func:`classify_patterns`.
+    Each is a sum over rows, accumulated by :class:`PatternAccumulator` (here in one block; the
+    reducer feeds it the row blocks of an :class:`~mechbench.core.fused.AttentionView`).
     """
-    w = criteria.local_window
-    n = pattern.shape[-1]
-    lead = pattern.shape[:-2]
-    if n <= w + 1:
-        nan = torch.full(lead, float("nan"), dtype=torch.float64)
-        return {"vertical": nan, "diagonal": nan, "periodic": nan, "diffuse": nan, "period": nan.clone()}
-    a = pattern.double()
-    rows = slice(w + 1, n)
-    lags = lag_profile(a)[..., rows, :]  # [..., R, T]
-    mean_lag = lags.mean(-2)  # [..., T]
-    local = mean_lag[..., : w + 1].sum(-1)
-    stripe = mean_lag[..., w + 1:].max(-1).values
-    diagonal = torch.maximum(local, stripe)
-
-    t = torch.arange(n, device=a.device)[:, None]
-    j = torch.arange(n, device=a.device)[None, :]
-    far = (t - j > w) & (t > w)  # [T, T]
-    far_mass = a * far
-    seen = far.sum(0).clamp(min=1)
-    column = far_mass.sum(-2) / seen  # [..., T]
-    top = column.topk(min(criteria.n_columns, n), dim=-1).indices
-    on_columns = torch.zeros_like(column).scatter(-1, top, 1.0)  # [..., T]
-    vertical = (far_mass * on_columns[..., None, :]).sum(-1)[..., rows].mean(-1)
-
-    rest = lag_profile(far_mass * (1 - on_columns[..., None, :]))[..., rows, :].mean(-2)  # [..., T] by lag
-    best = torch.zeros(lead, dtype=torch.float64)
-    period = torch.full(lead, float("nan"), dtype=torch.float64)
-    for p in range(w + 1, min(criteria.max_period, n - 1) + 1):
-        multiples = torch.arange(p, n, p)
-        if multiples.numel() < 2:
-            continue
-        at = rest[..., multiples]
-        score = at.sum(-1) - at.max(-1).values
-        better = score > best
-        best = torch.where(better, score, best)
-        period = torch.where(better, torch.tensor(float(p), dtype=torch.float64), period)
-
-    row_entropy = -(a * a.clamp_min(1e-300).log()).sum(-1)[..., rows]
-    diffuse = (row_entropy / torch.arange(w + 2, n + 1, dtype=torch.float64).log()).mean(-1)
-    return {"vertical": vertical.cpu(), "diagonal": diagonal.cpu(), "periodic": best.cpu(), "diffuse": diffuse.cpu(),
-            "period": period.cpu()}
+    accumulator = PatternAccumulator(pattern.shape[-1], tuple(pattern.shape[:-2]), criteria, pattern.device)
+    accumulator.add(pattern, 0)
+    return accumulator.scores(lambda keys: pattern[..., keys.to(pattern.device)])
 
 
 def classify_patterns(scores: dict[str, Tensor], criteria: PatternCriteria = PatternCriteria()) -> list[str]:
@@ -438,9 +534,10 @@ def tappa_prune_scores(bi: Tensor, q_sim: Tensor, beta: float) -> tuple[Tensor, 
 # ---------------------------------------------------------------------------- recording
 @dataclass
 class TappaReducer:
-    """Recorder reducer for the main pass: per example and layer, q-sim of the ``kv`` variant per head;
-    pattern-type scores per head; RoPE band advantages per head. Keeps ``[example, layer, head, ...]``
-    numbers only; the ``rot_q`` / ``rot_k`` of the running layer are held until its pattern arrives."""
+    """Recorder view reducer for the main pass: per example and layer, q-sim of the ``kv`` variant per head
+    (from the view's post-RoPE queries, or the plain queries of a model without RoPE); pattern-type scores
+    per head (:class:`PatternAccumulator`) and RoPE band advantages per head (:class:`BandAccumulator`),
+    both fed the view's row blocks. Keeps ``[example, layer, head, ...]`` numbers only."""
 
     n_examples: int
     n_layers: int
@@ -451,8 +548,6 @@ class TappaReducer:
     criteria: PatternCriteria
     n_bands: int | None
     adjacent_pairs: bool = False
-    kv_site: str = "rot_q"
-    _held: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         shape = (self.n_examples, self.n_layers, self.n_heads)
@@ -462,33 +557,34 @@ class TappaReducer:
         n_bands = self.n_bands or 1
         self.bands = torch.full((*shape, n_bands), float("nan"), dtype=torch.float64)
 
-    def reducers(self) -> dict[str, object]:
-        out: dict[str, object] = {self.kv_site: self.queries, "pattern": self.pattern}
-        if self.n_bands is not None:
-            out["rot_q"] = self.queries
-            out["rot_k"] = self.keys
-        return out
-
-    def queries(self, layer: int, q: Tensor, batch: Batch) -> None:
-        for row, (index, length) in enumerate(zip(batch.indices.tolist(), batch.lengths.tolist(), strict=True)):
-            window = q[row, :, max(0, length - self.kv_window):length]
+    def __call__(self, layer: int, view: AttentionView, batch: Batch) -> None:
+        if view.query is None or view.key is None:
+            raise CapabilityError(f"layer {layer}'s attention came without its queries and keys, which TAPPA needs")
+        examples = list(zip(range(batch.lengths.numel()), batch.indices.tolist(), batch.lengths.tolist(),
+                            strict=True))
+        patterns, bands = {}, {}
+        for row, index, length in examples:
+            window = view.query[row, :, max(0, length - self.kv_window):length]
             self.kv_qsim[index, layer] = q_similarity(window, self.mode, self.rbf_sigma).cpu()
-        if self.n_bands is not None:
-            self._held["q"] = q
-
-    def keys(self, layer: int, k: Tensor, batch: Batch) -> None:
-        self._held["k"] = k
-
-    def pattern(self, layer: int, pattern: Tensor, batch: Batch) -> None:
-        for row, (index, length) in enumerate(zip(batch.indices.tolist(), batch.lengths.tolist(), strict=True)):
-            heads = pattern[row, :, :length, :length]
-            for name, values in pattern_scores(heads, self.criteria).items():
-                self.scores[name][index, layer] = values
+            patterns[index] = PatternAccumulator(length, (self.n_heads,), self.criteria, view.query.device)
             if self.n_bands is not None:
-                q, k = self._held["q"][row, :, :length], self._held["k"][row, :, :length]
-                self.bands[index, layer] = rope_band_advantage(q, k, heads, self.n_bands,
-                                                               adjacent_pairs=self.adjacent_pairs)
-        self._held.clear()
+                bands[index] = BandAccumulator(view.query[row, :, :length], view.key[row, :, :length], self.n_bands,
+                                               adjacent_pairs=self.adjacent_pairs)
+        start = 1 if bands else self.criteria.local_window + 1
+        for first, rows in view.blocks(start, max(length for _, _, length in examples)):
+            for row, index, length in examples:
+                block = rows[row, :, :max(0, length - first), :length].double()  # converted once for both sums
+                if block.shape[-2] == 0:
+                    continue
+                patterns[index].add(block, first)
+                if index in bands:
+                    bands[index].add(block, first)
+        for row, index, length in examples:
+            scores = patterns[index].scores(lambda keys, row=row, length=length: view.columns(keys)[row, :, :length])
+            for name, values in scores.items():
+                self.scores[name][index, layer] = values
+            if index in bands:
+                self.bands[index, layer] = bands[index].advantage()
 
 
 @dataclass
@@ -558,6 +654,10 @@ class TappaConfig(StrictModel):
     heldout_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="last share of texts held out for the "
                                     "pruning loss; the rest score the layers")
     batch_size: PositiveInt = 4
+    attention: AttentionPath = Field("auto", description="how the main pass reads pattern rows: fused (rebuilt "
+                                     "block by block from q, k and the softmax normaliser; memory linear in the "
+                                     "context), eager (hook_pattern, one [head, T, T] per layer) or auto (fused "
+                                     "where the model supports it); the pruning and KV-eviction passes stay eager")
 
 
 def check_config(config: TappaConfig, data: bool = True) -> None:
@@ -642,10 +742,9 @@ def record_main(model: HookedModel, dataset: TokenDataset, config: TappaConfig, 
     cfg = getattr(model.bridge, "cfg", None)
     reducer = TappaReducer(len(dataset), model.n_layers, model.n_heads, config.kv_window, config.mode,
                            config.rbf_sigma, _criteria(config), config.rope_bands if rope else None,
-                           adjacent_pairs=bool(getattr(cfg, "rotary_adjacent_pairs", False)),
-                           kv_site="rot_q" if rope else "q")
-    Recorder(model, batch_size=config.batch_size, progress=progress).run(dataset, reducer.reducers(),
-                                                                         description="tappa: q-sim and patterns")
+                           adjacent_pairs=bool(getattr(cfg, "rotary_adjacent_pairs", False)))
+    Recorder(model, batch_size=config.batch_size, progress=progress).run(
+        dataset, {ATTENTION: reducer}, description="tappa: q-sim and patterns", attention=config.attention)
     return reducer
 
 
