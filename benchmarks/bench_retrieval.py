@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness import Method, load_hf, main
+from harness import Method, load_hf, load_mechbench, main
 
 TRIAL = "/tmp/mechbench-bench-retrieval-trial-{length}.pt"
 
@@ -45,11 +45,6 @@ def trial_for(length: int) -> tuple[Any, Any]:
 
 
 def mechbench(attention: str) -> Method:
-    def load(name: str) -> Any:
-        from mechbench.models.loading import load_model
-
-        return load_model(name)
-
     def run(model: Any, length: int, seed: int) -> dict[str, Any]:
         from mechbench.analyses.retrieval import MAX_NEW_TOKENS, run_trial
 
@@ -58,7 +53,7 @@ def mechbench(attention: str) -> Method:
         return {"generated": result.decoding.generated, "scores": result.head_scores}
 
     return Method("mechbench" if attention == "auto" else "mechbench-eager",
-                  "mechbench" if attention == "auto" else "eager", load, run)
+                  "mechbench" if attention == "auto" else "eager", load_mechbench, run)
 
 
 def hf_decode(attentions: bool) -> Method:

@@ -15,15 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness import Method, main, random_tokens, sdpa_forward
-
-GIB = 1024**3
-
-
-def load(name: str) -> Any:
-    from mechbench.models.loading import load_model
-
-    return load_model(name)
+from harness import Method, cache_infeasible, eager_infeasible, load_mechbench, main, random_tokens, sdpa_forward
 
 
 def recorded(attention: str) -> Method:
@@ -40,10 +32,9 @@ def recorded(attention: str) -> Method:
                                                           attention=attention)
         return {"sink_scores": scores.scores[0], "massive": massive.values[0]}
 
-    name = "mechbench" if attention == "auto" else "mechbench-eager"
-    return Method(name, "mechbench" if attention == "auto" else "eager", load, run,
-                  lambda length: "skipped: eager attention at 8k takes minutes per layer" if
-                  attention == "eager" and length > 4096 else None)
+    if attention == "auto":
+        return Method("mechbench", "mechbench", load_mechbench, run)
+    return Method("mechbench-eager", "eager", load_mechbench, run, eager_infeasible)
 
 
 def naive(model: Any, length: int, seed: int) -> dict[str, Any]:
@@ -54,20 +45,15 @@ def naive(model: Any, length: int, seed: int) -> dict[str, Any]:
     with torch.no_grad():
         _, cache = model.bridge.run_with_cache(random_tokens(model, length, seed), names_filter=lambda name: (
             name.endswith("hook_pattern") or name.endswith("hook_resid_post")))
-    scores = torch.stack([sink_scores(cache[f"blocks.{layer}.attn.hook_pattern"])[0] for layer in range(model.n_layers)])
+    scores = torch.stack([sink_scores(cache[f"blocks.{layer}.attn.hook_pattern"])[0]
+                          for layer in range(model.n_layers)])
     massive = torch.stack([massive_activations(cache[f"blocks.{layer}.hook_resid_post"][0])[0].double()
                            for layer in range(model.n_layers)])
     return {"sink_scores": scores, "massive": massive}
 
 
-def cache_bytes(length: int) -> float:
-    return 30 * 9 * length * length * 4  # SmolLM2: 30 layers x 9 heads x L x L float32
-
-
 METHODS = [sdpa_forward(), recorded("auto"), recorded("eager"),
-           Method("naive-run-with-cache", "naive", load, naive,
-                  lambda length: f"does not fit: the pattern cache alone is {cache_bytes(length) / GIB:.0f} GiB"
-                  if cache_bytes(length) > 12 * GIB else None)]
+           Method("naive-run-with-cache", "naive", load_mechbench, naive, cache_infeasible)]
 
 if __name__ == "__main__":
     main("sinks", METHODS, (512, 2048, 8192), __doc__)

@@ -116,11 +116,21 @@ class FusedAttention(AttentionView):
         return logits
 
     def rows(self, start: int, stop: int) -> Tensor:
+        # one buffer, updated in place: (scale q) k^T - lse, then the mask, then exp (keys a causal row
+        # cannot see are not computed, only zero-padded)
         key_stop = min(self.n_keys, stop + self.query_offset) if self.causal else self.n_keys
-        block = torch.exp(self.scores(start, stop, key_stop) - self.logsumexp[..., start:stop, None].float())
-        if key_stop < self.n_keys:
-            block = F.pad(block, (0, self.n_keys - key_stop))
-        return block
+        batch, heads, n_rows = self.batch_size, self.n_heads, stop - start
+        query = (self.query[..., start:stop, :].float() * self.scale).reshape(batch * heads, n_rows, -1)
+        key = self.key[..., :key_stop, :].float().reshape(batch * heads, key_stop, -1)
+        shift = self.logsumexp[..., start:stop].float().reshape(batch * heads, n_rows, 1)
+        block = torch.baddbmm(shift.neg(), query, key.transpose(1, 2)).view(batch, heads, n_rows, key_stop)
+        if self.mask is not None:
+            block += self.mask[..., start:stop, :key_stop]
+        if self.causal:
+            rows = torch.arange(start, stop, device=block.device)[:, None] + self.query_offset
+            block.masked_fill_(torch.arange(key_stop, device=block.device)[None, :] > rows, float("-inf"))
+        block.exp_()
+        return F.pad(block, (0, self.n_keys - key_stop)) if key_stop < self.n_keys else block
 
     def columns(self, keys: Tensor) -> Tensor:
         keys = keys.to(self.key.device)
