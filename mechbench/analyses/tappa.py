@@ -292,13 +292,15 @@ class PatternAccumulator:
     def add(self, rows: Tensor, first: int) -> None:
         """Add pattern rows ``[..., r, T]`` whose first row is query ``first``; rows ``t <= w`` are not scored."""
         skip = max(0, self.first_row - first)
-        rows, first = rows[..., skip:, :].double(), first + skip
+        rows, first = rows[..., skip:, :], first + skip
         if rows.shape[-2] == 0:
             return
         t = torch.arange(first, first + rows.shape[-2], device=rows.device)
-        self.lag_sums += lag_profile(rows, first).sum(-2)
-        self.far_column_sums += rows.tril(first - self.criteria.local_window - 1).sum(-2)  # keys j < t - w
-        entropy = -torch.special.xlogy(rows, rows).sum(-1)
+        # moving entries (flip, pad, tril) is exact in the rows' own dtype; only the sums need float64
+        self.lag_sums += lag_profile(rows, first).sum(-2, dtype=torch.float64)
+        self.far_column_sums += rows.tril(first - self.criteria.local_window - 1).sum(-2, dtype=torch.float64)
+        wide = rows.double()
+        entropy = -torch.special.xlogy(wide, wide).sum(-1)
         self.entropy_sum += (entropy / (t + 1).double().log()).sum(-1)
 
     def scores(self, columns: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:

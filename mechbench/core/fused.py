@@ -116,14 +116,11 @@ class FusedAttention(AttentionView):
         return logits
 
     def rows(self, start: int, stop: int) -> Tensor:
-        # one buffer, updated in place: (scale q) k^T - lse, then the mask, then exp (keys a causal row
+        # one buffer, updated in place: scale q k^T - lse, then the mask, then exp (keys a causal row
         # cannot see are not computed, only zero-padded)
         key_stop = min(self.n_keys, stop + self.query_offset) if self.causal else self.n_keys
-        batch, heads, n_rows = self.batch_size, self.n_heads, stop - start
-        query = (self.query[..., start:stop, :].float() * self.scale).reshape(batch * heads, n_rows, -1)
-        key = self.key[..., :key_stop, :].float().reshape(batch * heads, key_stop, -1)
-        shift = self.logsumexp[..., start:stop].float().reshape(batch * heads, n_rows, 1)
-        block = torch.baddbmm(shift.neg(), query, key.transpose(1, 2)).view(batch, heads, n_rows, key_stop)
+        block = self.query[..., start:stop, :].float() @ self.key[..., :key_stop, :].float().transpose(-1, -2)
+        block.mul_(self.scale).sub_(self.logsumexp[..., start:stop, None].float())
         if self.mask is not None:
             block += self.mask[..., start:stop, :key_stop]
         if self.causal:
