@@ -575,7 +575,7 @@ class TappaReducer:
         start = 1 if bands else self.criteria.local_window + 1
         for first, rows in view.blocks(start, max(length for _, _, length in examples)):
             for row, index, length in examples:
-                block = rows[row, :, :max(0, length - first), :length].double()  # converted once for both sums
+                block = rows[row, :, :max(0, length - first), :length]
                 if block.shape[-2] == 0:
                     continue
                 patterns[index].add(block, first)
