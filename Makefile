@@ -44,8 +44,10 @@ test: setup
 docs: setup
 	$(BIN)/mkdocs build --strict --site-dir site
 
+# issue 10's numbers (docs/performance.md): each script writes benchmarks/results/<analysis>.csv
 bench: setup
-	$(BIN)/python benchmarks/bench_sinks.py
+	for analysis in sinks tappa distance; do $(BIN)/python benchmarks/bench_$$analysis.py --lengths 512 2048 8192 || exit 1; done
+	$(BIN)/python benchmarks/bench_retrieval.py --lengths 512 2048 4096
 
 clean:
 	rm -rf $(VENV) mechbench-results site

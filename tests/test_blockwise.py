@@ -180,11 +180,11 @@ def test_band_accumulator_over_blocks_equals_the_full_pattern_advantage():
 
 
 # ---------------------------------------------------------------------------------------------- reducers on a view
-def padded_view(lengths: list[int], heads: int = 3, d: int = 8, block_rows: int = 5) -> tuple[FusedAttention, Batch]:
+def padded_view(lengths: list[int], heads: int = 3, d: int = 16, block_rows: int = 5) -> tuple[FusedAttention, Batch]:
     """A fused view of a right-padded batch whose blocks are ``block_rows`` rows, and its batch.
 
-    Integer queries and keys make every logit exact whatever the matmul's blocking, so a pattern entry is the
-    same float32 number in any row block, column or the whole pattern."""
+    Integer queries and keys and a power-of-two scale (``d = 16``) make every logit exact whatever the matmul's
+    blocking, so a pattern entry is the same float32 number in any row block, column or the whole pattern."""
     n = max(lengths)
     generator = torch.Generator().manual_seed(2)
     q, k = (torch.randint(-2, 3, (len(lengths), heads, n, d), generator=generator).float() for _ in range(2))

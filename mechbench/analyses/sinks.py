@@ -92,7 +92,7 @@ def received_attention(rows: Tensor, first_row: int, lengths: Tensor) -> Tensor:
         rows = rows.float()
     positions = torch.arange(first_row, first_row + rows.shape[-2], device=rows.device)
     real = (positions[None, :] < lengths.to(rows.device)[:, None]).to(rows.dtype)  # [batch, r]
-    return (rows * real[:, None, :, None]).sum(dim=-2).double()
+    return (real[:, None, None, :] @ rows).squeeze(-2).double()  # a product, not a masked copy of the block
 
 
 def scores_from_received(received: Tensor, lengths: Tensor, causal: bool = True) -> Tensor:
@@ -168,7 +168,9 @@ class SinkScoreReducer:
     def __call__(self, layer: int, view: AttentionView, batch: Batch) -> None:
         if view.n_queries != view.n_keys:
             raise ValueError(f"sink scores need self-attention, got {view.n_queries} queries x {view.n_keys} keys")
-        received = sum(received_attention(rows, first, batch.lengths) for first, rows in view.blocks())
+        received = torch.zeros(view.batch_size, view.n_heads, view.n_keys, dtype=torch.float64)
+        for first, rows in view.blocks(trim=True):  # a causal block's keys stop at its last row
+            received[..., : rows.shape[-1]] += received_attention(rows, first, batch.lengths).cpu()
         scores = scores_from_received(received, batch.lengths, causal=self.causal)
         self.scores[batch.indices, layer, :, : scores.shape[-1]] = scores.cpu()
 

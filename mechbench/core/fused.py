@@ -58,8 +58,12 @@ class AttentionView:
     n_keys: int
     block_bytes: int
 
-    def rows(self, start: int, stop: int) -> Tensor:
-        """Pattern rows ``A[..., start:stop, :]`` ``[batch, head, stop - start, n_keys]`` (float32)."""
+    def rows(self, start: int, stop: int, trim: bool = False) -> Tensor:
+        """Pattern rows ``A[..., start:stop, :]`` ``[batch, head, stop - start, n_keys]`` (float32).
+
+        ``trim=True`` may return fewer key columns (a prefix): the keys past it get no attention from
+        these rows (a causal row block stops at its last row's key), and no zeros are written for them.
+        """
         raise NotImplementedError
 
     def columns(self, keys: Tensor) -> Tensor:
@@ -71,12 +75,13 @@ class AttentionView:
         per_row = 4 * self.batch_size * self.n_heads * self.n_keys
         return max(1, min(self.n_queries, self.block_bytes // max(per_row, 1)))
 
-    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, Tensor]]:
-        """``(first row, rows)`` for consecutive row blocks covering queries ``[start, stop)``."""
+    def blocks(self, start: int = 0, stop: int | None = None, trim: bool = False) -> Iterator[tuple[int, Tensor]]:
+        """``(first row, rows)`` for consecutive row blocks covering queries ``[start, stop)`` (``trim``: as
+        :meth:`rows`)."""
         stop = self.n_queries if stop is None else stop
         size = self.block_rows()
         for first in range(start, stop, size):
-            yield first, self.rows(first, min(stop, first + size))
+            yield first, self.rows(first, min(stop, first + size), trim)
 
     def pattern(self) -> Tensor:
         """The whole ``[batch, head, n_queries, n_keys]`` pattern (short inputs and tests only)."""
@@ -115,19 +120,23 @@ class FusedAttention(AttentionView):
             logits = logits.masked_fill(torch.arange(key_stop, device=logits.device)[None, :] > rows, float("-inf"))
         return logits
 
-    def rows(self, start: int, stop: int) -> Tensor:
-        # one buffer, updated in place: scale q k^T - lse, then the mask, then exp (keys a causal row
-        # cannot see are not computed, only zero-padded)
+    def rows(self, start: int, stop: int, trim: bool = False) -> Tensor:
+        # one buffer: scale q k^T - lse in one product, the causal mask on the block's trailing triangle
+        # only (the keys before it are visible to every row of the block), then exp in place
         key_stop = min(self.n_keys, stop + self.query_offset) if self.causal else self.n_keys
-        block = self.query[..., start:stop, :].float() @ self.key[..., :key_stop, :].float().transpose(-1, -2)
-        block.mul_(self.scale).sub_(self.logsumexp[..., start:stop, None].float())
+        n_rows = stop - start
+        query = (self.query[..., start:stop, :].float() * self.scale).reshape(-1, n_rows, self.query.shape[-1])
+        key = self.key[..., :key_stop, :].float().reshape(query.shape[0], key_stop, -1)
+        shift = self.logsumexp[..., start:stop].float().reshape(query.shape[0], n_rows, 1)
+        block = torch.baddbmm(shift.neg(), query, key.transpose(1, 2)).view(*self.query.shape[:2], n_rows, key_stop)
         if self.mask is not None:
             block += self.mask[..., start:stop, :key_stop]
         if self.causal:
-            rows = torch.arange(start, stop, device=block.device)[:, None] + self.query_offset
-            block.masked_fill_(torch.arange(key_stop, device=block.device)[None, :] > rows, float("-inf"))
+            corner = min(n_rows, key_stop)  # row i sees keys <= key_stop - n_rows + i
+            hidden = torch.ones(corner, corner, dtype=torch.bool, device=block.device).triu(1)
+            block[..., n_rows - corner:, key_stop - corner:].masked_fill_(hidden, float("-inf"))
         block.exp_()
-        return F.pad(block, (0, self.n_keys - key_stop)) if key_stop < self.n_keys else block
+        return block if trim or key_stop == self.n_keys else F.pad(block, (0, self.n_keys - key_stop))
 
     def columns(self, keys: Tensor) -> Tensor:
         keys = keys.to(self.key.device)
@@ -148,7 +157,7 @@ class DenseAttention(AttentionView):
         self.layer, self.dense, self.query, self.key, self.block_bytes = layer, pattern, query, key, block_bytes
         self.batch_size, self.n_heads, self.n_queries, self.n_keys = pattern.shape
 
-    def rows(self, start: int, stop: int) -> Tensor:
+    def rows(self, start: int, stop: int, trim: bool = False) -> Tensor:
         return self.dense[..., start:stop, :].float()
 
     def columns(self, keys: Tensor) -> Tensor:
