@@ -36,7 +36,7 @@ from mechbench.errors import CapabilityError
 #: Name under which mechbench's attention function is registered with ``transformers``.
 IMPLEMENTATION = "mechbench_fused"
 #: Bytes one block of pattern rows may take (float32): bounds the memory of every blockwise metric.
-DEFAULT_BLOCK_BYTES = 64 * 1024**2
+DEFAULT_BLOCK_BYTES = 16 * 1024**2
 
 LayerConsumer = Callable[["FusedAttention"], None]
 
