@@ -214,11 +214,13 @@ class BandAccumulator:
         self.sums = torch.zeros(*rot_q.shape[:-2], len(self.channels), dtype=torch.float64, device=self.key.device)
 
     def add(self, rows: Tensor, first: int) -> None:
-        """Add pattern rows ``[..., r, T]`` whose first row is query ``first`` (row 0 is not scored)."""
+        """Add pattern rows ``[..., r, W]`` whose first row is query ``first`` (row 0 is not scored); ``W <= T``
+        when the keys past ``W`` get no attention from these rows."""
         skip = max(0, 1 - first)
         rows, first = rows[..., skip:, :], first + skip
         stop = first + rows.shape[-2]
-        attended = (rows.float() @ self.key).double() - self.mean_key[..., first:stop, :]  # float32 product
+        width = rows.shape[-1]  # a causal block may stop at its last row's key
+        attended = (rows.float() @ self.key[..., :width, :]).double() - self.mean_key[..., first:stop, :]
         lift = self.query[..., first:stop, :] * attended / self.scale  # [..., r, d]
         for band, chosen in enumerate(self.channels):
             self.sums[..., band] += lift[..., chosen].sum((-1, -2))
@@ -291,15 +293,18 @@ class PatternAccumulator:
         self.entropy_sum = torch.zeros(lead, dtype=torch.float64, device=device)
 
     def add(self, rows: Tensor, first: int) -> None:
-        """Add pattern rows ``[..., r, T]`` whose first row is query ``first``; rows ``t <= w`` are not scored."""
+        """Add pattern rows ``[..., r, W]`` whose first row is query ``first``; rows ``t <= w`` are not scored;
+        ``W <= T`` when the keys past ``W`` get no attention from these rows."""
         skip = max(0, self.first_row - first)
         rows, first = rows[..., skip:, :], first + skip
         if rows.shape[-2] == 0:
             return
         t = torch.arange(first, first + rows.shape[-2], device=rows.device)
         # moving entries (flip, pad, tril) is exact in the rows' own dtype; only the sums need float64
-        self.lag_sums += lag_profile(rows, first).sum(-2, dtype=torch.float64)
-        self.far_column_sums += rows.tril(first - self.criteria.local_window - 1).sum(-2, dtype=torch.float64)
+        width = rows.shape[-1]  # a causal block may stop at its last row's key: the lags and keys past it are 0
+        self.lag_sums[..., :width] += lag_profile(rows, first).sum(-2, dtype=torch.float64)
+        self.far_column_sums[..., :width] += rows.tril(first - self.criteria.local_window - 1).sum(-2,
+                                                                                                 dtype=torch.float64)
         entropy = -torch.special.xlogy(rows, rows).sum(-1, dtype=torch.float64)
         self.entropy_sum += (entropy / (t + 1).double().log()).sum(-1)
 
@@ -573,7 +578,7 @@ class TappaReducer:
                 bands[index] = BandAccumulator(view.query[row, :, :length], view.key[row, :, :length], self.n_bands,
                                                adjacent_pairs=self.adjacent_pairs)
         start = 1 if bands else self.criteria.local_window + 1
-        for first, rows in view.blocks(start, max(length for _, _, length in examples)):
+        for first, rows in view.blocks(start, max(length for _, _, length in examples), trim=True):
             for row, index, length in examples:
                 block = rows[row, :, :max(0, length - first), :length]
                 if block.shape[-2] == 0:
