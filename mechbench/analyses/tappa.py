@@ -251,16 +251,18 @@ def rope_band_advantage(rot_q: Tensor, rot_k: Tensor, pattern: Tensor, n_bands: 
 
 
 # ---------------------------------------------------------------------------- pattern types
-def lag_profile(rows: Tensor, first: int = 0) -> Tensor:
-    """``L[..., t, delta] = A[..., t, t - delta]`` (0 where ``delta > t``) for pattern rows ``[..., r, T]`` whose
-    first row is query ``first`` (a whole ``[..., T, T]`` pattern by default).
+def lag_sums(rows: Tensor, first: int = 0) -> Tensor:
+    """``S[..., delta] = sum_t A[..., t, t - delta]`` over pattern rows ``[..., r, W]`` whose first row is query
+    ``first`` (entries with ``delta > t`` count 0), summed in float64: the lag profile of the rows, added up.
 
-    A strided view of the rows flipped and zero-padded to width ``2T``: row ``i`` starts ``T - 1 - (first + i)``
-    entries in, so lag ``delta`` lands on key ``t - delta`` and lags past ``t`` on the padding (no index tensor)."""
+    A strided view of the rows zero-padded on the left to width ``2W``: along a row, key ``t - delta`` for
+    ``delta = W - 1 .. 0`` is a contiguous run starting ``first + i + 1`` in, and lags past ``t`` land on the
+    padding, so no index tensor or flipped copy is built (only the ``[..., W]`` result is reversed)."""
     n = rows.shape[-1]
-    padded = F.pad(rows.flip(-1), (0, n)).contiguous()  # [..., r, 2T]: key n - 1 - m at column m
-    return padded.as_strided((*padded.shape[:-1], n), (*padded.stride()[:-2], 2 * n - 1, 1),
-                             padded.storage_offset() + n - 1 - first)
+    padded = F.pad(rows, (n, 0))  # [..., r, 2W]: key j at column j + W
+    by_reversed_lag = padded.as_strided((*padded.shape[:-1], n), (*padded.stride()[:-2], 2 * n + 1, 1),
+                                        padded.storage_offset() + first + 1)
+    return by_reversed_lag.sum(-2, dtype=torch.float64).flip(-1)
 
 
 @dataclass(frozen=True)
@@ -302,7 +304,7 @@ class PatternAccumulator:
         t = torch.arange(first, first + rows.shape[-2], device=rows.device)
         # moving entries (flip, pad, tril) is exact in the rows' own dtype; only the sums need float64
         width = rows.shape[-1]  # a causal block may stop at its last row's key: the lags and keys past it are 0
-        self.lag_sums[..., :width] += lag_profile(rows, first).sum(-2, dtype=torch.float64)
+        self.lag_sums[..., :width] += lag_sums(rows, first)
         self.far_column_sums[..., :width] += rows.tril(first - self.criteria.local_window - 1).sum(-2,
                                                                                                  dtype=torch.float64)
         entropy = -torch.special.xlogy(rows, rows).sum(-1, dtype=torch.float64)
