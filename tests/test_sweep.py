@@ -79,7 +79,7 @@ def test_expansion_is_deterministic_with_stable_readable_ids():
     assert [s.shard_id for s in shards] == [s.shard_id for s in expand_sweep(*load_config(SWEEP_CONFIG))]
     assert len(shards) == 2 * (2 * 2 + 2) and len({s.shard_id for s in shards}) == 12
     # the id is a function of model, analysis, options and slice only: pinned, so a change is seen
-    assert shards[0].shard_id == "smollm2-135m.sinks.L32.s0of2-afc9a19755db"
+    assert shards[0].shard_id == "smollm2-135m.sinks.L32.s0of2-995d7c55efaf"  # since sinks gained `attention`
     assert shards[0].options["max_tokens"] == 32 and shards[2].options["max_tokens"] == 64
     assert [s.shard_id.rsplit("-", 1)[0] for s in shards[4:6]] == ["smollm2-135m.patterns.s0of2",
                                                                     "smollm2-135m.patterns.s1of2"]
