@@ -36,14 +36,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechbench.config import StrictModel
-from mechbench.core.fused import FusedAttention, fused_attention, supports_fused
+from mechbench.core.fused import FusedAttention, fused_attention, use_fused
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import mask_heads_hooks
 from mechbench.core.limits import check_context, check_finite
 from mechbench.core.porter import porter_stem
 from mechbench.core.recorder import AttentionPath
 from mechbench.core.tidy import to_tidy
-from mechbench.errors import CapabilityError, ConfigError, DatasetError
+from mechbench.errors import ConfigError, DatasetError
 from mechbench.tasks.niah import (
     ANSWER_BUFFER,
     BUILTIN,
@@ -169,7 +169,7 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = 
         last = view.n_queries - 1
         argmax_keys[step[0], view.layer] = view.scores(last, last + 1)[0, :, 0].argmax(-1).cpu()
 
-    fused = _decode_fused(model, attention, fwd_hooks)
+    fused = use_fused(model, attention, "run with head-masking hooks on hook_pattern" if fwd_hooks else None)
     hooks = [] if fused else [(model.hook_name("pattern", layer),
                                lambda p, hook, layer=layer: keep_argmax(p, hook, layer))
                               for layer in range(model.n_layers)]
@@ -201,17 +201,6 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = 
                     break
     return Decoding(generated=torch.tensor(generated, dtype=torch.long), argmax_keys=argmax_keys[:len(generated)],
                     used_kv_cache=cache is not None)
-
-
-def _decode_fused(model: HookedModel, attention: AttentionPath, fwd_hooks: Sequence[tuple[str, Any]]) -> bool:
-    """Whether :func:`greedy_decode` runs on the fused kernel (``fwd_hooks`` edit attention: eager)."""
-    if attention == "eager":
-        return False
-    if attention == "fused" and fwd_hooks:
-        raise CapabilityError("attention: fused cannot run with head-masking hooks on hook_pattern; use eager")
-    if attention == "fused" and not supports_fused(model):
-        raise CapabilityError(f"the fused attention path does not cover {model.name}; use attention: eager")
-    return not fwd_hooks and supports_fused(model)
 
 
 @dataclass(frozen=True)

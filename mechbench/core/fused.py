@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,8 @@ IMPLEMENTATION = "mechbench_fused"
 DEFAULT_BLOCK_BYTES = 16 * 1024**2
 
 LayerConsumer = Callable[["FusedAttention"], None]
+#: How a pass reads attention: ``auto`` = fused where the model supports it, else eager.
+AttentionPath = Literal["auto", "fused", "eager"]
 
 
 class AttentionView:
@@ -108,34 +110,33 @@ class FusedAttention(AttentionView):
         """Absolute position of query 0 among the keys (``n_keys - n_queries``)."""
         return self.n_keys - self.n_queries
 
-    def scores(self, start: int, stop: int, key_stop: int | None = None) -> Tensor:
-        """Scaled, masked logits of query rows ``[start, stop)`` over keys ``[0, key_stop)`` (float32)."""
+    def scores(self, start: int, stop: int, key_stop: int | None = None, shift: Tensor | None = None) -> Tensor:
+        """Scaled, masked logits of query rows ``[start, stop)`` over keys ``[0, key_stop)`` (float32), minus
+        ``shift`` ``[batch, head, stop - start]`` per row when given; ``-inf`` where a causal row cannot see.
+
+        One buffer: a single product (with the shift folded in), the mask added in place, and the causal
+        ``-inf`` written only over the keys past the block's first row (the earlier ones every row sees)."""
         key_stop = self.n_keys if key_stop is None else key_stop
-        logits = self.query[..., start:stop, :].float() @ self.key[..., :key_stop, :].float().transpose(-1, -2)
-        logits = logits * self.scale
+        n_rows = stop - start
+        query = (self.query[..., start:stop, :].float() * self.scale).reshape(-1, n_rows, self.query.shape[-1])
+        key = self.key[..., :key_stop, :].float().reshape(query.shape[0], key_stop, -1).transpose(1, 2)
+        if shift is None:
+            logits = torch.bmm(query, key)
+        else:
+            logits = torch.baddbmm(shift.float().reshape(query.shape[0], n_rows, 1).neg(), query, key)
+        logits = logits.view(*self.query.shape[:2], n_rows, key_stop)
         if self.mask is not None:
-            logits = logits + self.mask[..., start:stop, :key_stop]
-        if self.causal:
-            rows = torch.arange(start, stop, device=logits.device)[:, None] + self.query_offset
-            logits = logits.masked_fill(torch.arange(key_stop, device=logits.device)[None, :] > rows, float("-inf"))
+            logits += self.mask[..., start:stop, :key_stop]
+        first_hidden = start + self.query_offset + 1  # row i cannot see keys >= first_hidden + i
+        if self.causal and first_hidden < key_stop:
+            hidden = torch.ones(n_rows, key_stop - first_hidden, dtype=torch.bool, device=logits.device).triu()
+            logits[..., first_hidden:].masked_fill_(hidden, float("-inf"))
         return logits
 
     def rows(self, start: int, stop: int, trim: bool = False) -> Tensor:
-        # one buffer: scale q k^T - lse in one product, the causal mask on the block's trailing triangle
-        # only (the keys before it are visible to every row of the block), then exp in place
+        # keys a causal row cannot see are not computed, only zero-padded (unless trim)
         key_stop = min(self.n_keys, stop + self.query_offset) if self.causal else self.n_keys
-        n_rows = stop - start
-        query = (self.query[..., start:stop, :].float() * self.scale).reshape(-1, n_rows, self.query.shape[-1])
-        key = self.key[..., :key_stop, :].float().reshape(query.shape[0], key_stop, -1)
-        shift = self.logsumexp[..., start:stop].float().reshape(query.shape[0], n_rows, 1)
-        block = torch.baddbmm(shift.neg(), query, key.transpose(1, 2)).view(*self.query.shape[:2], n_rows, key_stop)
-        if self.mask is not None:
-            block += self.mask[..., start:stop, :key_stop]
-        if self.causal:
-            corner = min(n_rows, key_stop)  # row i sees keys <= key_stop - n_rows + i
-            hidden = torch.ones(corner, corner, dtype=torch.bool, device=block.device).triu(1)
-            block[..., n_rows - corner:, key_stop - corner:].masked_fill_(hidden, float("-inf"))
-        block.exp_()
+        block = self.scores(start, stop, key_stop, shift=self.logsumexp[..., start:stop]).exp_()
         return block if trim or key_stop == self.n_keys else F.pad(block, (0, self.n_keys - key_stop))
 
     def columns(self, keys: Tensor) -> Tensor:
@@ -312,3 +313,19 @@ def supports_fused(model: Any) -> bool:
             supported = False
     model.fused_support = supported
     return supported
+
+
+def use_fused(model: Any, attention: AttentionPath, conflict: str | None = None) -> bool:
+    """Whether a pass runs on the fused path: never with ``eager``; with ``auto`` when the model supports it
+    and nothing needs the eager attention (``conflict``, e.g. ``"also record pattern"``, says what does);
+    ``fused`` insists and raises CapabilityError (one line) where it cannot run."""
+    if attention == "eager":
+        return False
+    if attention == "fused":
+        if conflict is not None:
+            raise CapabilityError(f"attention: fused cannot {conflict}; use attention: eager")
+        if not supports_fused(model):
+            raise CapabilityError(f"the fused attention path does not cover {model.name} (its attention is not a "
+                                  "Hugging Face attention module with a fused kernel); use attention: eager")
+        return True
+    return conflict is None and supports_fused(model)

@@ -17,14 +17,21 @@ For short inputs :meth:`Recorder.cache` returns the full tensors, guarded by a m
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechbench.core.dataset import Batch, TokenDataset, iter_batches
-from mechbench.core.fused import AttentionView, DenseAttention, FusedAttention, fused_attention, supports_fused
+from mechbench.core.fused import (
+    AttentionPath,
+    AttentionView,
+    DenseAttention,
+    FusedAttention,
+    fused_attention,
+    use_fused,
+)
 from mechbench.core.hooked import HookedModel
 from mechbench.core.limits import check_finite
 from mechbench.errors import CapabilityError
@@ -33,8 +40,6 @@ __all__ = ["ATTENTION", "AttentionPath", "Batch", "Recorder", "Reducer"]
 
 #: The site whose reducer receives an AttentionView per layer (fused or eager, see the module docstring).
 ATTENTION = "attention"
-#: How the ``attention`` site is served: ``auto`` = fused where the model supports it, else eager.
-AttentionPath = Literal["auto", "fused", "eager"]
 #: Sites computed inside the attention bridge: the fused path bypasses them.
 INSIDE_ATTENTION = frozenset({"pattern", "attn_scores", "q", "k", "v", "z", "rot_q", "rot_k"})
 
@@ -100,18 +105,12 @@ class Recorder:
 
     def uses_fused(self, reducers: Mapping[str, Any], attention: AttentionPath = "auto") -> bool:
         """Whether :meth:`run` serves the ``attention`` site from the fused kernel for these reducers."""
-        if ATTENTION not in reducers or attention == "eager":
+        if ATTENTION not in reducers:
             return False
         inside = sorted(INSIDE_ATTENTION & set(reducers))
-        if attention == "fused":
-            if inside:
-                raise CapabilityError(f"attention: fused cannot also record {', '.join(inside)} (sites inside the "
-                                      "attention the fused kernel replaces); use attention: eager")
-            if not supports_fused(self.model):
-                raise CapabilityError(f"the fused attention path does not cover {self.model.name} (its attention is "
-                                      "not a Hugging Face attention module with a fused kernel); use attention: eager")
-            return True
-        return not inside and supports_fused(self.model)
+        conflict = (f"also record {', '.join(inside)} (sites inside the attention the fused kernel replaces)"
+                    if inside else None)
+        return use_fused(self.model, attention, conflict)
 
     def run(self, dataset: TokenDataset, reducers: Mapping[str, Any], layers: Sequence[int] | None = None,
             description: str = "recording", on_logits: Callable[[Tensor, Batch], None] | None = None,
