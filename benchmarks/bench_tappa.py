@@ -41,11 +41,16 @@ def recorded(attention: str) -> Method:
 def naive(model: Any, length: int, seed: int) -> dict[str, Any]:
     import torch
 
-    from mechbench.analyses.tappa import PatternCriteria, TappaConfig, pattern_scores, q_similarity, rope_band_advantage
+    from mechbench.analyses.tappa import (
+        TappaConfig,
+        pattern_criteria,
+        pattern_scores,
+        q_similarity,
+        rope_band_advantage,
+    )
 
     config = TappaConfig()
-    criteria = PatternCriteria(config.local_window, config.n_columns, config.max_period, config.mass_threshold,
-                               config.diffuse_threshold)
+    criteria = pattern_criteria(config)
     tokens = random_tokens(model, length, seed)
     with torch.no_grad():
         _, cache = model.bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith(

@@ -750,7 +750,7 @@ def record_main(model: HookedModel, dataset: TokenDataset, config: TappaConfig, 
     rope = model.architecture.uses_rope
     cfg = getattr(model.bridge, "cfg", None)
     reducer = TappaReducer(len(dataset), model.n_layers, model.n_heads, config.kv_window, config.mode,
-                           config.rbf_sigma, _criteria(config), config.rope_bands if rope else None,
+                           config.rbf_sigma, pattern_criteria(config), config.rope_bands if rope else None,
                            adjacent_pairs=bool(getattr(cfg, "rotary_adjacent_pairs", False)))
     Recorder(model, batch_size=config.batch_size, progress=progress).run(
         dataset, {ATTENTION: reducer}, description="tappa: q-sim and patterns", attention=config.attention)
@@ -766,7 +766,8 @@ def record_prune(model: HookedModel, windows: TokenDataset, config: TappaConfig,
     return reducer
 
 
-def _criteria(config: TappaConfig) -> PatternCriteria:
+def pattern_criteria(config: TappaConfig) -> PatternCriteria:
+    """The [INFERRED] pattern-type criteria a TappaConfig sets."""
     return PatternCriteria(config.local_window, config.n_columns, config.max_period, config.mass_threshold,
                            config.diffuse_threshold)
 
@@ -884,7 +885,7 @@ def run_tappa(model: HookedModel, dataset: TokenDataset, config: TappaConfig | N
     bi = prune.bi.nanmean(0)
     parts.append(to_tidy(bi, ("layer",), metric="block_influence", n_windows=len(windows)))
 
-    criteria = _criteria(config)
+    criteria = pattern_criteria(config)
     mean_scores = {name: values.nanmean(0) for name, values in main.scores.items()}
     for name in ("vertical", "diagonal", "periodic", "diffuse"):
         parts.append(to_tidy(mean_scores[name], ("layer", "head"), metric=f"pattern_{name}"))
