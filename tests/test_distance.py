@@ -58,7 +58,7 @@ def test_waad_is_capped_and_matches_the_sum():
     for head in range(3):
         for t in range(5, 20):
             expected = sum(float(pattern[head, t, s]) * min(t - s, 4) for s in range(t + 1))
-            assert float(values[head, t - 5]) == pytest.approx(expected, abs=1e-12)
+            assert float(values[head, t - 5]) == pytest.approx(expected, rel=1e-6)  # float32 sums
     previous = torch.zeros(8, 8)
     previous[0, 0] = 1
     previous[torch.arange(1, 8), torch.arange(7)] = 1

@@ -47,6 +47,7 @@ from mechbench.config import Seed, StrictModel
 from mechbench.core.dataset import TokenDataset
 from mechbench.core.fused import AttentionView
 from mechbench.core.hooked import HookedModel
+from mechbench.core.lags import column_sums, lag_sums, lag_weighted_rows
 from mechbench.core.limits import check_context, check_layers
 from mechbench.core.recorder import ATTENTION, AttentionPath, Batch, Recorder
 from mechbench.core.tidy import to_tidy
@@ -80,32 +81,28 @@ def _response_rows(pattern: Tensor, response_rows: tuple[int, int]) -> tuple[int
     return start, end
 
 
-def _lag_weights(first: int, n_rows: int, n_keys: int, device: torch.device, cap: int | None = None) -> Tensor:
-    """``min(t - s, cap)`` for query rows ``t in [first, first + n_rows)`` and keys ``s < n_keys``, 0 where ``s > t``
-    (float64 ``[rows, keys]``; no cap = the plain lag)."""
-    queries = torch.arange(first, first + n_rows, device=device)
-    return (queries[:, None] - torch.arange(n_keys, device=device)[None, :]).clamp(min=0, max=cap).double()
+def lag_weighted_sum(rows: Tensor, first: int) -> Tensor:
+    """``sum_t sum_{s<=t} A[t,s] (t - s)`` over causal pattern ``rows`` ``[..., r, keys]`` whose first row is query
+    ``first``: the head span's numerator (Eq. 7), from the rows' lag profile. Returns ``[...]`` float64."""
+    profile = lag_sums(rows, first)
+    return profile @ torch.arange(profile.shape[-1], dtype=torch.float64, device=profile.device)
 
 
-def lag_weighted_rows(rows: Tensor, first: int, cap: int | None = None) -> Tensor:
-    """``sum_{s<=t} A[t,s] min(t - s, cap)`` for each of the pattern ``rows`` ``[..., r, keys]`` whose first row is
-    query ``first``: per row, the summand of the head span (Eq. 7, no cap) and WAAD itself (Eq. 9, ``cap = W``).
-    Returns ``[..., r]`` float64."""
-    return (rows.double() * _lag_weights(first, rows.shape[-2], rows.shape[-1], rows.device, cap)).sum(-1)
+def windowed_distance(rows: Tensor, first: int, window: int) -> Tensor:
+    """``WAAD_t = sum_{s<=t} A[t,s] min(t - s, W)`` (Eq. 9) for each causal pattern row ``t`` of ``rows``
+    ``[..., r, keys]`` (first row = query ``first``) as ``W sum_s A[t,s] - sum_{delta<W} (W - delta) A[t, t-delta]``:
+    a row sum and ``W`` diagonals, not a weight per entry. Returns ``[..., r]`` float64."""
+    below = window - torch.arange(window, dtype=torch.float64, device=rows.device)  # W - delta, delta < W
+    return window * rows.float().sum(-1).double() - lag_weighted_rows(rows, first, below)
 
 
 def future_attention_mass(rows: Tensor, first: int, response_rows: tuple[int, int], h_lo: int = 1,
                           h_hi: int | None = None) -> Tensor:
-    """The numerator of FAI (Eq. 10) from one block of pattern ``rows`` ``[..., r, keys]`` (first row = query
+    """The numerator of FAI (Eq. 10) from one block of causal pattern ``rows`` ``[..., r, keys]`` (first row = query
     ``first``, all inside the response): ``sum_{t in block, t in T(s)} A[t,s]`` for each response key ``s``.
     Summed over the blocks of the response rows it is ``sum_{t in T(s)} A[t,s]``. Returns ``[..., |R|]`` float64."""
     start, end = response_rows
-    queries = torch.arange(first, first + rows.shape[-2], device=rows.device)
-    gap = queries[:, None] - torch.arange(start, end, device=rows.device)[None, :]  # t - s
-    future = gap >= h_lo
-    if h_hi is not None:
-        future &= gap <= h_hi
-    return (rows[..., start:end].double() * future).sum(-2)
+    return column_sums(rows[..., start:end], first - start, h_lo, h_hi)
 
 
 def horizon_sizes(response_rows: tuple[int, int], h_lo: int = 1, h_hi: int | None = None) -> Tensor:
@@ -129,7 +126,7 @@ def head_spans(pattern: Tensor, response_rows: tuple[int, int]) -> Tensor:
     ``R``. ``d = 1/|R| sum_{t in R} sum_{s<=t} A[t,s] (t - s)``. Returns ``[...]`` float64.
     """
     start, end = _response_rows(pattern, response_rows)
-    return lag_weighted_rows(pattern[..., start:end, :], start).mean(-1)
+    return lag_weighted_sum(pattern[..., start:end, :], start) / (end - start)
 
 
 def waad(group_map: Tensor, response_rows: tuple[int, int], window: int = 10) -> Tensor:
@@ -140,7 +137,7 @@ def waad(group_map: Tensor, response_rows: tuple[int, int], window: int = 10) ->
     Returns ``[..., |R|]`` float64.
     """
     start, end = _response_rows(group_map, response_rows)
-    return lag_weighted_rows(group_map[..., start:end, :], start, window)
+    return windowed_distance(group_map[..., start:end, :], start, window)
 
 
 def fai(group_map: Tensor, response_rows: tuple[int, int], h_lo: int = 1, h_hi: int | None = None) -> Tensor:
@@ -324,8 +321,8 @@ class DistanceReducer:
                 if low >= high:
                     continue
                 block = rows[row, :, low - first:high - first, :length]
-                span_sums[index] += lag_weighted_rows(block, low).sum(-1).cpu()
-                waad_rows = lag_weighted_rows(block, low, self.window)
+                span_sums[index] += lag_weighted_sum(block, low).cpu()
+                waad_rows = windowed_distance(block, low, self.window)
                 self.waad[index][layer, :, low - prompt:high - prompt] = waad_rows.cpu()
                 received[index] += future_attention_mass(block, low, (prompt, length), self.h_lo, self.h_hi).cpu()
         for _, index, prompt, length in examples:

@@ -38,6 +38,7 @@ from mechbench.core.dataset import TokenDataset
 from mechbench.core.fused import AttentionView
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import PatternEdit, renormalise_to_keys, skip_layers_hooks, text_nll
+from mechbench.core.lags import column_sums, lag_sums
 from mechbench.core.limits import check_context
 from mechbench.core.recorder import ATTENTION, AttentionPath, Batch, Recorder
 from mechbench.core.tidy import to_tidy
@@ -213,14 +214,16 @@ class BandAccumulator:
         self.mean_key = self.key.double().cumsum(-2) / visible  # mean_{j<=t} k_j
         self.sums = torch.zeros(*rot_q.shape[:-2], len(self.channels), dtype=torch.float64, device=self.key.device)
 
-    def add(self, rows: Tensor, first: int) -> None:
+    def add(self, rows: Tensor, first: int, attended: Tensor | None = None) -> None:
         """Add pattern rows ``[..., r, W]`` whose first row is query ``first`` (row 0 is not scored); ``W <= T``
-        when the keys past ``W`` get no attention from these rows."""
+        when the keys past ``W`` get no attention from these rows. ``attended``: ``rows @ keys`` when the caller
+        has it."""
         skip = max(0, 1 - first)
-        rows, first = rows[..., skip:, :], first + skip
-        stop = first + rows.shape[-2]
         width = rows.shape[-1]  # a causal block may stop at its last row's key
-        attended = (rows.float() @ self.key[..., :width, :]).double() - self.mean_key[..., first:stop, :]
+        attended = rows.float() @ self.key[..., :width, :] if attended is None else attended
+        rows, attended, first = rows[..., skip:, :], attended[..., skip:, :], first + skip
+        stop = first + rows.shape[-2]
+        attended = attended.double() - self.mean_key[..., first:stop, :]
         lift = self.query[..., first:stop, :] * attended / self.scale  # [..., r, d]
         for band, chosen in enumerate(self.channels):
             self.sums[..., band] += lift[..., chosen].sum((-1, -2))
@@ -251,20 +254,6 @@ def rope_band_advantage(rot_q: Tensor, rot_k: Tensor, pattern: Tensor, n_bands: 
 
 
 # ---------------------------------------------------------------------------- pattern types
-def lag_sums(rows: Tensor, first: int = 0) -> Tensor:
-    """``S[..., delta] = sum_t A[..., t, t - delta]`` over pattern rows ``[..., r, W]`` whose first row is query
-    ``first`` (entries with ``delta > t`` count 0), summed in float64: the lag profile of the rows, added up.
-
-    A strided view of the rows zero-padded on the left to width ``2W``: along a row, key ``t - delta`` for
-    ``delta = W - 1 .. 0`` is a contiguous run starting ``first + i + 1`` in, and lags past ``t`` land on the
-    padding, so no index tensor or flipped copy is built (only the ``[..., W]`` result is reversed)."""
-    n = rows.shape[-1]
-    padded = F.pad(rows, (n, 0))  # [..., r, 2W]: key j at column j + W
-    by_reversed_lag = padded.as_strided((*padded.shape[:-1], n), (*padded.stride()[:-2], 2 * n + 1, 1),
-                                        padded.storage_offset() + first + 1)
-    return by_reversed_lag.sum(-2, dtype=torch.float64).flip(-1)
-
-
 @dataclass(frozen=True)
 class PatternCriteria:
     """[INFERRED] parameters of :func:`pattern_scores` / :func:`classify_patterns` (the paper gives none)."""
@@ -294,21 +283,24 @@ class PatternAccumulator:
         self.far_column_sums = torch.zeros(*lead, n, dtype=torch.float64, device=device)
         self.entropy_sum = torch.zeros(lead, dtype=torch.float64, device=device)
 
-    def add(self, rows: Tensor, first: int) -> None:
-        """Add pattern rows ``[..., r, W]`` whose first row is query ``first``; rows ``t <= w`` are not scored;
-        ``W <= T`` when the keys past ``W`` get no attention from these rows."""
+    def add(self, rows: Tensor, first: int, entropies: Tensor | None = None) -> None:
+        """Add causal pattern rows ``[..., r, W]`` whose first row is query ``first``; rows ``t <= w`` are not
+        scored; ``W <= T`` when the keys past ``W`` get no attention from these rows. ``entropies`` ``[..., r]``:
+        the rows' entropies when the caller has them cheaper (a fused view's
+        :meth:`~mechbench.core.fused.AttentionView.row_entropies`); else they are summed from the entries."""
         skip = max(0, self.first_row - first)
         rows, first = rows[..., skip:, :], first + skip
         if rows.shape[-2] == 0:
             return
         t = torch.arange(first, first + rows.shape[-2], device=rows.device)
-        # moving entries (flip, pad, tril) is exact in the rows' own dtype; only the sums need float64
         width = rows.shape[-1]  # a causal block may stop at its last row's key: the lags and keys past it are 0
         self.lag_sums[..., :width] += lag_sums(rows, first)
-        self.far_column_sums[..., :width] += rows.tril(first - self.criteria.local_window - 1).sum(-2,
-                                                                                                 dtype=torch.float64)
-        entropy = -torch.special.xlogy(rows, rows).sum(-1, dtype=torch.float64)
-        self.entropy_sum += (entropy / (t + 1).double().log()).sum(-1)
+        self.far_column_sums[..., :width] += column_sums(rows, first, min_lag=self.criteria.local_window + 1)
+        if entropies is None:
+            entropies = -torch.special.xlogy(rows, rows).sum(-1, dtype=torch.float64)
+        else:
+            entropies = entropies[..., skip:]
+        self.entropy_sum += (entropies / (t + 1).double().log()).sum(-1)
 
     def scores(self, columns: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
         """The scores of :func:`pattern_scores` (``{name: [*lead]}`` float64 on the CPU).
@@ -585,9 +577,11 @@ class TappaReducer:
                 block = rows[row, :, :max(0, length - first), :length]
                 if block.shape[-2] == 0:
                     continue
-                patterns[index].add(block, first)
+                # A K serves the band lifts and, on the fused path, the rows' entropies
+                attended = block @ view.key[row, :, :block.shape[-1]].float() if index in bands else None
+                patterns[index].add(block, first, view.row_entropies(block, first, row, attended))
                 if index in bands:
-                    bands[index].add(block, first)
+                    bands[index].add(block, first, attended)
         for row, index, length in examples:
             scores = patterns[index].scores(lambda keys, row=row, length=length: view.columns(keys)[row, :, :length])
             for name, values in scores.items():

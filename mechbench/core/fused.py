@@ -89,6 +89,12 @@ class AttentionView:
         """The whole ``[batch, head, n_queries, n_keys]`` pattern (short inputs and tests only)."""
         return self.rows(0, self.n_queries)
 
+    def row_entropies(self, rows: Tensor, first: int, batch_row: int, attended: Tensor | None = None) -> Tensor:
+        """Entropy ``H_t = -sum_j A[t, j] log A[t, j]`` of pattern rows ``[head, r, W]`` of batch row ``batch_row``
+        whose first row is query ``first``: float64 ``[head, r]``. ``attended`` = ``rows @ keys`` ``[head, r, d]``
+        when the caller has it (the fused view uses it; here the entries' own logarithms are summed)."""
+        return -torch.special.xlogy(rows, rows).sum(-1, dtype=torch.float64)
+
 
 class FusedAttention(AttentionView):
     """A layer's attention as the fused kernel saw it: any pattern entry rebuilt from ``q``, ``k`` and ``lse``.
@@ -102,6 +108,7 @@ class FusedAttention(AttentionView):
                  mask: Tensor | None, causal: bool, block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
         self.layer, self.query, self.key, self.logsumexp = layer, query, key, logsumexp
         self.scale, self.mask, self.causal, self.block_bytes = scale, mask, causal, block_bytes
+        self._bias: bool | None = None
         self.batch_size, self.n_heads, self.n_queries = query.shape[:3]
         self.n_keys = key.shape[-2]
 
@@ -138,6 +145,28 @@ class FusedAttention(AttentionView):
         key_stop = min(self.n_keys, stop + self.query_offset) if self.causal else self.n_keys
         block = self.scores(start, stop, key_stop, shift=self.logsumexp[..., start:stop]).exp_()
         return block if trim or key_stop == self.n_keys else F.pad(block, (0, self.n_keys - key_stop))
+
+    def row_entropies(self, rows: Tensor, first: int, batch_row: int, attended: Tensor | None = None) -> Tensor:
+        """From ``log A[t, j] = s[t, j] - lse_t``: ``H_t = lse_t sum_j A[t, j] - scale q_t . (A K)_t`` (minus
+        ``sum_j A[t, j] mask[t, j]`` where the mask has finite biases), so no logarithm of an entry is taken: one
+        ``[r, W] x [W, d]`` product, none when ``attended = A K`` is given."""
+        stop, width = first + rows.shape[-2], rows.shape[-1]
+        if attended is None:
+            attended = rows @ self.key[batch_row, :, :width].float()
+        query = self.query[batch_row, :, first:stop].double() * self.scale
+        lse = self.logsumexp[batch_row, :, first:stop].double()
+        entropy = lse * rows.sum(-1).double() - (query * attended.double()).sum(-1)  # sum of a row: float32 suffices
+        if self._has_bias:
+            mask = self.mask[min(batch_row, self.mask.shape[0] - 1), :, first:stop, :width]
+            entropy -= (rows * torch.where(rows > 0, mask, 0.0)).sum(-1, dtype=torch.float64)
+        return entropy
+
+    @property
+    def _has_bias(self) -> bool:
+        """Whether the additive mask holds finite values other than 0 (biases, not just allowed/blocked keys)."""
+        if self._bias is None:
+            self._bias = self.mask is not None and bool((self.mask.isfinite() & (self.mask != 0)).any())
+        return self._bias
 
     def columns(self, keys: Tensor) -> Tensor:
         keys = keys.to(self.key.device)
