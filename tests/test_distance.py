@@ -273,3 +273,12 @@ def test_analyze_distance_end_to_end(tmp_path, tiny_llama_dir, run_notebook):
     shown = run_notebook("waad_fai.ipynb", tmp_path / "store")
     assert len(shown) == 5  # span heatmap, WAAD, FAI, entropy along one response, coupling bars
     assert all(len(figure.data) > 0 for figure in shown)
+
+
+def test_next_token_entropy_in_float32_matches_float64_over_a_large_vocabulary():
+    scales = torch.tensor([0.1, 1, 3, 10, 30, 100])[:, None]
+    logits = torch.randn(6, 50_000, generator=torch.Generator().manual_seed(0)) * scales
+    logprobs = logits.double().log_softmax(-1)
+    expected = -(logprobs.exp() * logprobs).sum(-1)
+    assert torch.allclose(next_token_entropy(logits), expected, rtol=1e-5, atol=1e-5)
+    assert float(expected[0]) > 10.0 and float(expected[-1]) < 1.0  # near uniform ... near one-hot

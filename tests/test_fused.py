@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from mechbench.core.dataset import TokenDataset
-from mechbench.core.fused import DenseAttention, FusedAttention, fused_attention, supports_fused
+from mechbench.core.fused import (
+    DenseAttention,
+    FusedAttention,
+    StreamedAttention,
+    Streaming,
+    fused_attention,
+    supports_fused,
+)
 from mechbench.core.recorder import ATTENTION, Recorder
 from mechbench.errors import CapabilityError
 
@@ -66,6 +73,36 @@ def test_fused_forward_gives_the_eager_logits_and_restores_the_model(tiny_llama)
     assert set(eager) == {0, 1}
 
 
+@pytest.mark.parametrize("attended_keys", [False, True])
+def test_streamed_pass_equals_the_eager_one_whatever_rows_its_reader_skips(tiny_llama, attended_keys) -> None:
+    tokens = torch.randint(4, tiny_llama.vocab_size, (2, 30), generator=torch.Generator().manual_seed(5))
+    eager = eager_patterns(tiny_llama, tokens)
+    with torch.no_grad():
+        eager_logits = tiny_llama.bridge(tokens)
+    read: dict[int, list[tuple[int, torch.Tensor]]] = {}
+
+    def reader(view) -> None:
+        assert isinstance(view, StreamedAttention)
+        # layer 0: every row block; layer 1: only rows 10.. (rows 0..9 are completed by the pass itself)
+        start = 0 if view.layer == 0 else 10
+        blocks = [(first, rows.clone(), view.attended_rows(rows[0], first, 0),
+                   rows[0] @ view.key[0, :, :rows.shape[-1]]) for first, rows in view.blocks(start, trim=True)]
+        read[view.layer] = blocks
+        keys = torch.tensor([0, 3, 29])
+        assert (view.columns(keys) - eager[view.layer][..., keys]).abs().max() < TOLERANCE  # needs every lse
+
+    with torch.no_grad(), fused_attention(tiny_llama.bridge, reader, block_bytes=4 * 2 * 4 * 30 * 7,
+                                          streaming=Streaming(attended_keys)):
+        logits = tiny_llama.bridge(tokens)
+    assert (logits - eager_logits).abs().max() < 1e-4  # the streamed blocks made each layer's output
+    for layer, blocks in read.items():
+        assert [first for first, *_ in blocks] == ([0, 7, 14, 21, 28] if layer == 0 else [10, 17, 24])
+        for first, rows, attended, product in blocks:
+            expected = eager[layer][..., first:first + rows.shape[-2], :rows.shape[-1]]
+            assert (rows - expected).abs().max() < TOLERANCE
+            assert (attended - product).abs().max() < 1e-5  # A K from the output product (or computed)
+
+
 def test_decoding_step_row_equals_the_last_eager_row(tiny_llama) -> None:
     tokens = torch.randint(4, tiny_llama.vocab_size, (1, 12), generator=torch.Generator().manual_seed(4))
     eager = eager_patterns(tiny_llama, tokens)
@@ -116,6 +153,41 @@ def test_recorder_serves_the_same_views_fused_and_eager(tiny_llama) -> None:
         recorder.run(dataset, {ATTENTION: keep}, attention=path)
     for layer in (0, 1):
         assert (seen["fused"][layer] - seen["eager"][layer]).abs().max() < TOLERANCE
+
+
+def test_a_pass_that_hooks_nothing_else_runs_the_hugging_face_model_itself(tiny_llama, monkeypatch) -> None:
+    calls: list[str] = []
+    direct = tiny_llama.run_direct
+    monkeypatch.setattr(tiny_llama, "run_direct", lambda *a, **k: calls.append("direct") or direct(*a, **k))
+    dataset = TokenDataset(tokens=[torch.arange(4, 20)], example_ids=["a"], token_texts=[[]])
+    recorder = Recorder(tiny_llama, batch_size=1, progress=False)
+    recorder.run(dataset, {ATTENTION: lambda layer, view, batch: None})
+    assert calls == ["direct"]
+    recorder.run(dataset, {ATTENTION: lambda layer, view, batch: None, "resid_post": lambda layer, x, batch: None})
+    assert calls == ["direct"]  # a residual-stream hook needs the bridge
+
+
+@pytest.mark.parametrize(("model_fixture", "unembed"), [("tiny_llama", True), ("planted", True), ("tiny_llama", False)])
+def test_logits_are_handed_out_in_chunks_equal_to_the_forward_pass(model_fixture, unembed, request,
+                                                                   monkeypatch) -> None:
+    import mechbench.core.recorder as recorder_module
+
+    model = request.getfixturevalue(model_fixture)
+    assert model.unembeds_chunks  # both unembed their final norm's output as the forward pass does
+    if not unembed:  # a model that scales its logits after the unembedding: chunks are slices of the logits
+        monkeypatch.setattr(model, "_unembeds_chunks", False)
+    monkeypatch.setattr(recorder_module, "LOGIT_CHUNK", 5)
+    tokens = [torch.arange(4, 17) % model.vocab_size, torch.arange(3, 11) % model.vocab_size]
+    dataset = TokenDataset(tokens=tokens, example_ids=["a", "b"], token_texts=[[], []])
+    chunks: list[tuple[int, torch.Tensor]] = []
+    Recorder(model, batch_size=2, progress=False).run(
+        dataset, {"resid_post": lambda layer, x, batch: None}, on_logits=lambda c, first, batch: chunks.append(
+            (first, c.clone())))
+    assert [first for first, _ in chunks] == [0, 5, 10]
+    with torch.no_grad():
+        whole = model.bridge(torch.stack([tokens[0], torch.cat([tokens[1], torch.zeros(5, dtype=torch.long)
+                                                                  + model.pad_id])]))
+    assert (torch.cat([c for _, c in chunks], dim=1) - whole).abs().max() < 1e-4
 
 
 def test_models_the_fused_path_cannot_drive_fall_back_or_refuse(planted) -> None:

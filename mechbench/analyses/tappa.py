@@ -35,7 +35,7 @@ from torch import Tensor
 
 from mechbench.config import StrictModel
 from mechbench.core.dataset import TokenDataset
-from mechbench.core.fused import AttentionView
+from mechbench.core.fused import AttentionView, Streaming
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import PatternEdit, renormalise_to_keys, skip_layers_hooks, text_nll
 from mechbench.core.lags import column_sums, lag_sums
@@ -540,6 +540,7 @@ class TappaReducer:
     per head (:class:`PatternAccumulator`) and RoPE band advantages per head (:class:`BandAccumulator`),
     both fed the view's row blocks. Keeps ``[example, layer, head, ...]`` numbers only."""
 
+    streaming = Streaming(attended_keys=True)  # every row, and A K for the bands and the entropies
     n_examples: int
     n_layers: int
     n_heads: int
@@ -578,7 +579,7 @@ class TappaReducer:
                 if block.shape[-2] == 0:
                     continue
                 # A K serves the band lifts and, on the fused path, the rows' entropies
-                attended = block @ view.key[row, :, :block.shape[-1]].float() if index in bands else None
+                attended = view.attended_rows(block, first, row)
                 patterns[index].add(block, first, view.row_entropies(block, first, row, attended))
                 if index in bands:
                     bands[index].add(block, first, attended)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -89,6 +90,11 @@ class AttentionView:
         """The whole ``[batch, head, n_queries, n_keys]`` pattern (short inputs and tests only)."""
         return self.rows(0, self.n_queries)
 
+    def attended_rows(self, rows: Tensor, first: int, batch_row: int) -> Tensor:
+        """``A K``: the attention-weighted keys ``[head, r, d]`` (float32) of pattern rows ``[head, r, W]`` of batch row
+        ``batch_row`` whose first row is query ``first``."""
+        return rows @ self.key[batch_row, :, :rows.shape[-1]].float()
+
     def row_entropies(self, rows: Tensor, first: int, batch_row: int, attended: Tensor | None = None) -> Tensor:
         """Entropy ``H_t = -sum_j A[t, j] log A[t, j]`` of pattern rows ``[head, r, W]`` of batch row ``batch_row``
         whose first row is query ``first``: float64 ``[head, r]``. ``attended`` = ``rows @ keys`` ``[head, r, d]``
@@ -106,11 +112,20 @@ class FusedAttention(AttentionView):
 
     def __init__(self, layer: int, query: Tensor, key: Tensor, logsumexp: Tensor, scale: float,
                  mask: Tensor | None, causal: bool, block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
-        self.layer, self.query, self.key, self.logsumexp = layer, query, key, logsumexp
+        self.layer, self.query, self.key, self._lse = layer, query, key, logsumexp
         self.scale, self.mask, self.causal, self.block_bytes = scale, mask, causal, block_bytes
         self._bias: bool | None = None
         self.batch_size, self.n_heads, self.n_queries = query.shape[:3]
         self.n_keys = key.shape[-2]
+
+    @property
+    def logsumexp(self) -> Tensor:
+        """``lse`` of every query row ``[batch, head, n_queries]``."""
+        return self._normalisers(0, self.n_queries)
+
+    def _normalisers(self, start: int, stop: int) -> Tensor:
+        """``lse`` of query rows ``[start, stop)``."""
+        return self._lse[..., start:stop]
 
     @property
     def query_offset(self) -> int:
@@ -143,7 +158,7 @@ class FusedAttention(AttentionView):
     def rows(self, start: int, stop: int, trim: bool = False) -> Tensor:
         # keys a causal row cannot see are not computed, only zero-padded (unless trim)
         key_stop = min(self.n_keys, stop + self.query_offset) if self.causal else self.n_keys
-        block = self.scores(start, stop, key_stop, shift=self.logsumexp[..., start:stop]).exp_()
+        block = self.scores(start, stop, key_stop, shift=self._normalisers(start, stop)).exp_()
         return block if trim or key_stop == self.n_keys else F.pad(block, (0, self.n_keys - key_stop))
 
     def row_entropies(self, rows: Tensor, first: int, batch_row: int, attended: Tensor | None = None) -> Tensor:
@@ -152,9 +167,9 @@ class FusedAttention(AttentionView):
         ``[r, W] x [W, d]`` product, none when ``attended = A K`` is given."""
         stop, width = first + rows.shape[-2], rows.shape[-1]
         if attended is None:
-            attended = rows @ self.key[batch_row, :, :width].float()
+            attended = self.attended_rows(rows, first, batch_row)
         query = self.query[batch_row, :, first:stop].double() * self.scale
-        lse = self.logsumexp[batch_row, :, first:stop].double()
+        lse = self._normalisers(first, stop)[batch_row].double()
         entropy = lse * rows.sum(-1).double() - (query * attended.double()).sum(-1)  # sum of a row: float32 suffices
         if self._has_bias:
             mask = self.mask[min(batch_row, self.mask.shape[0] - 1), :, first:stop, :width]
@@ -177,6 +192,78 @@ class FusedAttention(AttentionView):
             rows = torch.arange(self.n_queries, device=logits.device)[:, None] + self.query_offset
             logits = logits.masked_fill(keys[None, :] > rows, float("-inf"))
         return torch.exp(logits - self.logsumexp[..., None].float())
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """A reader that goes through (nearly) every pattern row asks for a streamed pass (:class:`StreamedAttention`);
+    ``attended_keys``: it also reads ``A K`` per row (:meth:`AttentionView.attended_rows`)."""
+
+    attended_keys: bool = False
+
+
+class StreamedAttention(FusedAttention):
+    """Fused attention computed from the row blocks its reader asks for, in one pass over ``q k^T``.
+
+    A reader of every row would otherwise pay twice for the logits: once in the fused kernel (output and
+    ``lse``) and once to rebuild the rows. Here a row block is computed once, whole, and serves both: its logits
+    ``s``, the row maxima ``m`` and sums ``z = sum_j exp(s - m)`` give ``A = exp(s - m) / z`` and
+    ``lse = m + log z``, and the block's share of the layer's output is ``A V`` (``A [V | K]`` with
+    ``attended_keys``, so ``A K`` costs no second product). Rows the reader skips, and ``lse`` when a method
+    needs all of it (:meth:`columns`), are computed on demand; :meth:`finish` completes the output.
+    """
+
+    def __init__(self, layer: int, query: Tensor, key: Tensor, value: Tensor, scale: float, mask: Tensor | None,
+                 causal: bool, block_bytes: int = DEFAULT_BLOCK_BYTES, attended_keys: bool = False) -> None:
+        lse = torch.full(query.shape[:3], float("nan"), dtype=torch.float32, device=query.device)
+        super().__init__(layer, query, key, lse, scale, mask, causal, block_bytes)
+        self.values = torch.cat([value, key], dim=-1) if attended_keys else value
+        self.output = torch.empty((*query.shape[:3], self.values.shape[-1]), dtype=torch.float32, device=query.device)
+        self.d_value = value.shape[-1]
+        self._done = torch.zeros(self.n_queries, dtype=torch.bool)
+
+    def _normalisers(self, start: int, stop: int) -> Tensor:
+        self._complete(start, stop)  # rows no reader asked for yet are computed first
+        return self._lse[..., start:stop]
+
+    def _compute(self, start: int, stop: int) -> Tensor:
+        """Rows ``[start, stop)``: their pattern (trimmed to the keys they see), ``lse`` and output share."""
+        key_stop = min(self.n_keys, stop + self.query_offset) if self.causal else self.n_keys
+        block = self.scores(start, stop, key_stop)
+        top = block.amax(-1, keepdim=True)
+        block.sub_(top).exp_()
+        total = block.sum(-1, keepdim=True)
+        block.div_(total)
+        self._lse[..., start:stop] = (top + total.log()).squeeze(-1)
+        self.output[..., start:stop, :] = block @ self.values[..., :key_stop, :].float()
+        self._done[start:stop] = True
+        return block
+
+    def rows(self, start: int, stop: int, trim: bool = False) -> Tensor:
+        if bool(self._done[start:stop].all()):
+            return super().rows(start, stop, trim)
+        block = self._compute(start, stop)
+        return block if trim or block.shape[-1] == self.n_keys else F.pad(block, (0, self.n_keys - block.shape[-1]))
+
+    def attended_rows(self, rows: Tensor, first: int, batch_row: int) -> Tensor:
+        stop = first + rows.shape[-2]
+        if self.values.shape[-1] > self.d_value and bool(self._done[first:stop].all()):
+            return self.output[batch_row, :, first:stop, self.d_value:].float()
+        return super().attended_rows(rows, first, batch_row)
+
+    def _complete(self, start: int = 0, stop: int | None = None) -> None:
+        """Compute the rows in ``[start, stop)`` that are not yet, in blocks."""
+        missing = (~self._done[start:stop]).nonzero().flatten().add(start).tolist()
+        while missing:
+            first = missing[0]
+            last = min(first + self.block_rows(), missing[-1] + 1)
+            self._compute(first, last)
+            missing = [row for row in missing if row >= last]
+
+    def finish(self) -> Tensor:
+        """The layer's attention output ``[batch, head, n_queries, d]`` (the query's dtype), every row computed."""
+        self._complete()
+        return self.output[..., : self.d_value].to(self.query.dtype)
 
 
 class DenseAttention(AttentionView):
@@ -230,6 +317,7 @@ class _Session:
         self.consumer: LayerConsumer | None = None
         self.seen: set[int] = set()
         self.block_bytes = DEFAULT_BLOCK_BYTES
+        self.streaming: Streaming | None = None
 
 
 _SESSION = _Session()
@@ -253,11 +341,17 @@ def _fused_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value:
     causal = mask is None and query.shape[2] > 1 and bool(getattr(module, "is_causal", True))
     if mask is not None and mask.shape[-1] != key.shape[-2]:
         mask = mask[..., : key.shape[-2]]
-    output, lse = attention_with_logsumexp(query, key, value, scale, causal, mask)
     layer = int(getattr(module, "layer_idx", -1))
     _SESSION.seen.add(layer)
-    if _SESSION.consumer is not None:
-        _SESSION.consumer(FusedAttention(layer, query, key, lse, scale, mask, causal, _SESSION.block_bytes))
+    if _SESSION.consumer is not None and _SESSION.streaming is not None and query.shape[2] > 1:
+        streamed = StreamedAttention(layer, query, key, value, scale, mask, causal, _SESSION.block_bytes,
+                                     _SESSION.streaming.attended_keys)
+        _SESSION.consumer(streamed)
+        output = streamed.finish()
+    else:
+        output, lse = attention_with_logsumexp(query, key, value, scale, causal, mask)
+        if _SESSION.consumer is not None:
+            _SESSION.consumer(FusedAttention(layer, query, key, lse, scale, mask, causal, _SESSION.block_bytes))
     return output.transpose(1, 2).contiguous(), None
 
 
@@ -285,9 +379,12 @@ def _attention_bridges(bridge: Any) -> list[Any]:
 
 
 @contextlib.contextmanager
-def fused_attention(bridge: Any, consumer: LayerConsumer | None,
-                    block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[set[int]]:
+def fused_attention(bridge: Any, consumer: LayerConsumer | None, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                    streaming: Streaming | None = None) -> Iterator[set[int]]:
     """Within the block, forward passes of ``bridge`` run fused attention and call ``consumer`` per layer.
+
+    ``streaming`` (a consumer that reads every row): each layer is a :class:`StreamedAttention`, whose row blocks
+    also make the layer's output, instead of the fused kernel's output plus rows rebuilt from ``lse``.
 
     Other bridge hooks (residual stream, MLP, ...) still fire; hooks inside attention (``hook_pattern``,
     ``hook_rot_q``, ``hook_z``, ...) do not. Yields the set of layer indices the kernel has served.
@@ -309,6 +406,7 @@ def fused_attention(bridge: Any, consumer: LayerConsumer | None,
                 configs[id(sub)] = sub
     before = {key: config._attn_implementation for key, config in configs.items()}
     _SESSION.consumer, _SESSION.seen, _SESSION.block_bytes = consumer or (lambda attention: None), set(), block_bytes
+    _SESSION.streaming = streaming
     try:
         for config in configs.values():
             config._attn_implementation = IMPLEMENTATION
@@ -321,12 +419,13 @@ def fused_attention(bridge: Any, consumer: LayerConsumer | None,
                 object.__delattr__(attention, "forward")
         for key, config in configs.items():
             config._attn_implementation = before[key]
-        _SESSION.consumer = None
+        _SESSION.consumer, _SESSION.streaming = None, None
 
 
 def supports_fused(model: Any) -> bool:
     """Whether ``model`` (a HookedModel) can run the fused path: every layer is served by the fused kernel
-    and a short forward pass gives the eager logits (to 1e-4 relative). Checked once per model."""
+    and a short forward pass, through the bridge and through the Hugging Face model itself, gives the eager
+    logits (to 1e-4 relative). Checked once per model."""
     if model.fused_support is not None:
         return model.fused_support
     tokens = torch.tensor([[model.pad_id if model.pad_id < model.vocab_size else 0, 1, 2]], device=model.device)
@@ -336,8 +435,11 @@ def supports_fused(model: Any) -> bool:
         try:
             with fused_attention(model.bridge, None) as seen:
                 fused = model.bridge(tokens)
+                # passes that hook nothing run the Hugging Face model itself (HookedModel.run_direct)
+                direct = model.bridge.original_model(input_ids=tokens).logits
             scale = float(eager.abs().max().clamp(min=1.0))
-            supported = seen == set(range(model.n_layers)) and float((fused - eager).abs().max()) <= 1e-4 * scale
+            supported = seen == set(range(model.n_layers)) and max(
+                float((fused - eager).abs().max()), float((direct - eager).abs().max())) <= 1e-4 * scale
         except CapabilityError:
             supported = False
     model.fused_support = supported

@@ -23,6 +23,8 @@ from mechbench.core.limits import check_context, check_layers
 from mechbench.errors import CapabilityError, DatasetError
 
 #: Short site names -> TransformerLens hook suffix inside ``blocks.{layer}``.
+#: Hook on the final norm's output: the residual stream the unembedding reads, every position.
+FINAL_NORM_HOOK = "ln_final.hook_out"
 SITES: dict[str, str] = {
     "pattern": "attn.hook_pattern",
     "attn_scores": "attn.hook_attn_scores",
@@ -78,6 +80,7 @@ class HookedModel:
         self._fingerprint: str | None = None
         #: whether the fused attention path serves this model (None: not checked yet; see core.fused)
         self.fused_support: bool | None = None
+        self._unembeds_chunks: bool | None = None
 
     # ------------------------------------------------------------------ facts
     def __repr__(self) -> str:
@@ -135,6 +138,38 @@ class HookedModel:
         if site in KV_SITES and per_head.shape[1] != self.n_heads:
             per_head = per_head.repeat_interleave(self.n_heads // per_head.shape[1], dim=1)
         return per_head
+
+    def run_direct(self, batch: Batch, last_logits_only: bool = False) -> Tensor:
+        """The forward pass of the wrapped Hugging Face model itself (no bridge hooks can fire; the bridge's own
+        wrapping costs about 5 % of a 2k-token pass): for passes that hook nothing, e.g. fused-attention readers.
+        :func:`mechbench.core.fused.supports_fused` checks that it gives the bridge's logits."""
+        kwargs: dict[str, Any] = {"logits_to_keep": 1} if last_logits_only else {}
+        if batch.is_ragged and not self.causal:
+            kwargs["attention_mask"] = batch.attention_mask.to(self.device)
+        with torch.no_grad():
+            return self.bridge.original_model(input_ids=batch.tokens.to(self.device), **kwargs).logits
+
+    @property
+    def unembeds_chunks(self) -> bool:
+        """Whether :meth:`unembed` of the final normed residual stream gives the forward pass's logits (checked
+        once on a short input: models that scale or cap logits outside the unembedding do not)."""
+        if self._unembeds_chunks is None and FINAL_NORM_HOOK not in getattr(self.bridge, "hook_dict", {}):
+            self._unembeds_chunks = False
+        if self._unembeds_chunks is None:
+            tokens = torch.tensor([[1, 2, 3]], device=self.device)
+            kept: list[Tensor] = []
+            with torch.no_grad():
+                logits = self.bridge.run_with_hooks(tokens, fwd_hooks=[(FINAL_NORM_HOOK,
+                                                                        lambda x, hook: kept.append(x))])
+                scale = float(logits.abs().max().clamp(min=1.0))
+                difference = float((self.unembed(kept[0]) - logits).abs().max()) if kept else float("inf")
+                self._unembeds_chunks = difference <= 1e-5 * scale
+        return self._unembeds_chunks
+
+    def unembed(self, normed: Tensor) -> Tensor:
+        """Logits ``[batch, n, vocab]`` of final normed residual-stream rows ``[batch, n, d_model]``."""
+        with torch.no_grad():
+            return self.bridge.unembed(normed)
 
     def run_with_hooks(self, batch: Batch, hooks: Sequence[tuple[str, Hook]], last_logits_only: bool = False) -> Tensor:
         """One forward pass over a batch with ``(hook name, fn)`` forward hooks attached; returns logits.

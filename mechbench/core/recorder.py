@@ -9,7 +9,9 @@ The site ``"attention"`` hands a reducer an :class:`~mechbench.core.fused.Attent
 instead of a tensor: by default (``attention="auto"``) from the fused kernel, which rebuilds exact
 pattern rows from ``q``, ``k`` and the softmax normaliser block by block, so memory stays linear in
 the context; on models the fused path cannot drive, or with ``attention="eager"``, from the eager
-``hook_pattern`` (plus the layer's queries and keys).
+``hook_pattern`` (plus the layer's queries and keys). A reducer with a ``streaming`` attribute (a
+:class:`~mechbench.core.fused.Streaming`: it reads every row) gets a
+:class:`~mechbench.core.fused.StreamedAttention` instead, whose row blocks also make the layer's output.
 
 For short inputs :meth:`Recorder.cache` returns the full tensors, guarded by a memory estimate.
 """
@@ -32,7 +34,7 @@ from mechbench.core.fused import (
     fused_attention,
     use_fused,
 )
-from mechbench.core.hooked import HookedModel
+from mechbench.core.hooked import FINAL_NORM_HOOK, HookedModel
 from mechbench.core.limits import check_finite
 from mechbench.errors import CapabilityError
 
@@ -45,6 +47,8 @@ INSIDE_ATTENTION = frozenset({"pattern", "attn_scores", "q", "k", "v", "z", "rot
 
 #: Sites that legitimately hold -inf (the causal mask before the softmax): not checked for finiteness.
 MASKED_SITES = frozenset({"attn_scores"})
+#: Positions whose logits a pass hands to ``on_logits`` at once (a ``[batch, 128, vocab]`` chunk, not ``L x vocab``).
+LOGIT_CHUNK = 128
 #: Default ceiling for :meth:`Recorder.cache` (bytes); above it the user must reduce or opt in.
 DEFAULT_CACHE_LIMIT = 4 * 1024**3
 
@@ -113,14 +117,16 @@ class Recorder:
         return use_fused(self.model, attention, conflict)
 
     def run(self, dataset: TokenDataset, reducers: Mapping[str, Any], layers: Sequence[int] | None = None,
-            description: str = "recording", on_logits: Callable[[Tensor, Batch], None] | None = None,
+            description: str = "recording", on_logits: Callable[[Tensor, int, Batch], None] | None = None,
             attention: AttentionPath = "auto") -> None:
         """Run every example once; each reducer sees every requested layer of every batch.
 
         ``reducers`` maps a site to a :class:`Reducer` (a tensor per layer), or ``"attention"`` to a
         :class:`ViewReducer` (an :class:`AttentionView` per layer, served as ``attention`` says).
-        ``on_logits(logits [batch, pos, vocab], batch)``, when given, receives each batch's output of
-        the same forward pass (e.g. next-token entropies), so no second pass is needed.
+        ``on_logits(logits [batch, n, vocab], first, batch)``, when given, receives each batch's logits of
+        the same forward pass (e.g. next-token entropies), so no second pass is needed, in chunks of
+        ``LOGIT_CHUNK`` positions from position ``first``: where the model allows, each chunk is unembedded from
+        the final norm's output when it is handed out, so the ``L x vocab`` logits never exist at once.
         """
         if not reducers:
             raise CapabilityError("the Recorder needs at least one (site, reducer) pair")
@@ -129,14 +135,20 @@ class Recorder:
         fused = self.uses_fused(reducers, attention)
         view_reducer = reducers.get(ATTENTION)
         hooks = self._hooks({site: r for site, r in reducers.items() if site != ATTENTION}, layers, current)
+        final: list[Tensor] = []
+        chunked = on_logits is not None and self.model.unembeds_chunks
+        if chunked:
+            hooks.append((FINAL_NORM_HOOK, lambda normed, hook: final.append(normed.detach())))
         if view_reducer is not None and not fused:
             hooks += self._eager_view_hooks(view_reducer, layers, current)
         wanted = set(layers)
+        # a reducer that reads every row of every layer makes the fused pass compute each row block once
+        streaming = getattr(view_reducer, "streaming", None) if wanted == set(range(self.model.n_layers)) else None
 
         def consume(view: FusedAttention) -> None:
             if view.layer in wanted:
-                check_finite(view.logsumexp, f"the attention normaliser of layer {view.layer}", self.model.name)
                 view_reducer(view.layer, view, current[0])
+                check_finite(view.logsumexp, f"the attention normaliser of layer {view.layer}", self.model.name)
 
         n_batches = -(-len(dataset) // self.batch_size)
         batches = iter_batches(dataset, self.batch_size, pad_id=self.model.pad_id)
@@ -144,17 +156,29 @@ class Recorder:
             for batch in tqdm(batches, total=n_batches, desc=description, disable=not self.progress,
                               unit="batch", leave=False):
                 current[:] = [batch]
-                last_only = on_logits is None
+                last_only = on_logits is None or chunked
                 if fused:
-                    with fused_attention(self.model.bridge, consume):
-                        logits = self.model.run_with_hooks(batch, hooks, last_logits_only=last_only)
+                    with fused_attention(self.model.bridge, consume, streaming=streaming):
+                        logits = (self.model.run_direct(batch, last_logits_only=True) if not hooks and last_only
+                                  else self.model.run_with_hooks(batch, hooks, last_logits_only=last_only))
                 else:
                     logits = self.model.run_with_hooks(batch, hooks, last_logits_only=last_only)
                 check_finite(logits, "the logits", self.model.name)
                 if on_logits is not None:
-                    on_logits(logits, batch)
+                    self._hand_out_logits(on_logits, final.pop() if chunked else logits, chunked, batch)
         finally:
             current.clear()  # tensors are freed by reference counting; a gc.collect() here cost seconds per run
+            final.clear()
+
+    def _hand_out_logits(self, on_logits: Callable[[Tensor, int, Batch], None], source: Tensor, unembed: bool,
+                         batch: Batch) -> None:
+        """``on_logits`` per chunk of positions: slices of the logits, or unembedded final-norm rows (``unembed``)."""
+        for first in range(0, source.shape[1], LOGIT_CHUNK):
+            chunk = source[:, first:first + LOGIT_CHUNK]
+            if unembed:
+                chunk = self.model.unembed(chunk)
+                check_finite(chunk, "the logits", self.model.name)
+            on_logits(chunk, first, batch)
 
     def cache(self, dataset: TokenDataset, sites: Sequence[str], layers: Sequence[int] | None = None,
               max_bytes: int = DEFAULT_CACHE_LIMIT) -> dict[str, Tensor]:
