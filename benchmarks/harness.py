@@ -4,7 +4,8 @@ A benchmark script lists :class:`Method` s — mechbench's way, the naive way (e
 ``run_with_cache``, or the paper's reference approach) and the floor (the Hugging Face forward pass
 with fused SDPA attention) — and calls :func:`main`. Each method runs in a fresh Python process, so
 its peak RSS (``ru_maxrss``) is its own; only :meth:`Method.run` is timed. Outputs of every method
-are compared with mechbench's (max absolute difference), so a fast wrong answer shows. The CSV has
+are compared with mechbench's (max absolute difference), so a fast wrong answer shows. With ``--rounds N``
+the methods of a length take turns N times and each keeps its fastest time (and largest peak). The CSV has
 one row per (method, length) and the growth exponents of time and of memory above the loaded model
 (least squares of ``log y`` on ``log length``).
 
@@ -130,6 +131,37 @@ def _exponent(points: list[tuple[int, float]]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
+def _parsed(row: dict[str, str]) -> dict[str, Any]:
+    """A row read back from a results CSV, numbers as numbers and empty cells left out."""
+    parsed: dict[str, Any] = {}
+    for key, value in row.items():
+        if value == "" and key != "note":
+            continue
+        try:
+            parsed[key] = int(value) if key in ("length", "threads", "rounds") else float(value)
+        except ValueError:
+            parsed[key] = value
+    return parsed
+
+
+def _compare(rows: list[dict[str, Any]]) -> None:
+    """Add each row's time and peak relative to its length's floor, and each method's growth exponents."""
+    for row in rows:
+        floor = next((r for r in rows if r["length"] == row["length"] and r["role"] == "floor" and "seconds" in r),
+                     None)
+        if floor is not None and "seconds" in row:
+            row["time_vs_floor"] = row["seconds"] / floor["seconds"]
+            row["memory_vs_floor"] = row["peak_rss_mb"] / floor["peak_rss_mb"]
+    for name in dict.fromkeys(row["method"] for row in rows):
+        mine = [r for r in rows if r["method"] == name and "seconds" in r]
+        time_exp = _exponent([(r["length"], r["seconds"]) for r in mine])
+        memory_exp = _exponent([(r["length"], r["above_model_mb"]) for r in mine])
+        for r in mine:
+            r["time_exponent"], r["memory_exponent"] = time_exp, memory_exp
+        if time_exp is not None:
+            print(f"{name:24} time ~ length^{time_exp:.2f}, memory above model ~ length^{memory_exp:.2f}")
+
+
 def main(analysis: str, methods: Sequence[Method], default_lengths: Sequence[int], doc: str | None,
          setup: Callable[[str, int, int], None] | None = None) -> None:
     """Run every method at every length (each in a subprocess), print a table, write the CSV.
@@ -143,7 +175,12 @@ def main(analysis: str, methods: Sequence[Method], default_lengths: Sequence[int
     parser.add_argument("--methods", nargs="+", help="only these methods (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the methods of a length this many times in turn (each in a fresh process) and "
+                             "keep each one's fastest time and largest peak: interleaving cancels slow drifts")
     parser.add_argument("--out", type=Path, default=Path(f"benchmarks/results/{analysis}.csv"))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of --out for (method, length) pairs this run does not measure")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "LENGTH", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -159,45 +196,47 @@ def main(analysis: str, methods: Sequence[Method], default_lengths: Sequence[int
         if setup is not None:
             setup(args.model, length, args.seed)
         outputs: dict[str, Outputs] = {}
-        for method in chosen:
-            row: dict[str, Any] = {"analysis": analysis, "model": args.model, "method": method.name,
-                                   "role": method.role, "length": length, "threads": args.threads}
-            reason = method.infeasible(length)
-            if reason is None:
+        length_rows = {method.name: {"analysis": analysis, "model": args.model, "method": method.name,
+                                     "role": method.role, "length": length, "threads": args.threads,
+                                     "rounds": args.rounds, "note": method.infeasible(length) or ""}
+                       for method in chosen}
+        for _ in range(args.rounds):
+            for method in chosen:
+                row = length_rows[method.name]
+                if row["note"]:
+                    continue
                 path = f"/tmp/mechbench-bench-{analysis}-{method.name}-{length}.pt"
                 command = [sys.executable, sys.argv[0], "--model", args.model, "--seed", str(args.seed),
                            "--threads", str(args.threads), "--child", method.name, str(length), path]
                 done = subprocess.run(command, capture_output=True, text=True)
-                if done.returncode == 0:
-                    row.update(json.loads(done.stdout.strip().splitlines()[-1]))
-                    row["above_model_mb"] = row["peak_rss_mb"] - row["rss_after_load_mb"]
-                    outputs[method.name] = torch.load(path, weights_only=False)
-                else:
-                    reason = f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}"
-            row["note"] = reason or ""
+                if done.returncode != 0:
+                    row["note"] = f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}"
+                    row.pop("seconds", None)
+                    continue
+                measured = json.loads(done.stdout.strip().splitlines()[-1])
+                row["seconds"] = min(row.get("seconds", math.inf), measured["seconds"])
+                row["peak_rss_mb"] = max(row.get("peak_rss_mb", 0.0), measured["peak_rss_mb"])
+                row["rss_after_load_mb"] = measured["rss_after_load_mb"]
+                row["above_model_mb"] = row["peak_rss_mb"] - row["rss_after_load_mb"]
+                outputs[method.name] = torch.load(path, weights_only=False)
+                print(f"{analysis:9} {length:6} {method.name:24} {measured['seconds']:8.2f} s  peak "
+                      f"{measured['peak_rss_mb']:7.0f} MB", flush=True)
+        for row in length_rows.values():
             rows.append(row)
-            shown = (f"{row['seconds']:8.2f} s  peak {row['peak_rss_mb']:7.0f} MB  above model "
-                     f"{row['above_model_mb']:7.0f} MB" if "seconds" in row else f"not run: {reason}")
-            print(f"{analysis:9} {length:6} {method.name:24} {shown}", flush=True)
+            if "seconds" not in row:
+                print(f"{analysis:9} {length:6} {row['method']:24} not run: {row['note']}", flush=True)
         reference = next((outputs[m.name] for m in chosen if m.role == "mechbench" and m.name in outputs), None)
-        floor = next((r for r in rows if r["length"] == length and r["role"] == "floor" and "seconds" in r), None)
         for row in rows:
-            if row["length"] != length or "seconds" not in row:
-                continue
-            if reference is not None:
+            if row["length"] == length and "seconds" in row and reference is not None:
                 row["max_abs_difference"] = _max_difference(reference, outputs[row["method"]])
-            if floor is not None:
-                row["time_vs_floor"] = row["seconds"] / floor["seconds"]
-                row["memory_vs_floor"] = row["peak_rss_mb"] / floor["peak_rss_mb"]
-    for method in chosen:
-        mine = [r for r in rows if r["method"] == method.name and "seconds" in r]
-        time_exp = _exponent([(r["length"], r["seconds"]) for r in mine])
-        memory_exp = _exponent([(r["length"], r["above_model_mb"]) for r in mine])
-        for r in mine:
-            r["time_exponent"], r["memory_exponent"] = time_exp, memory_exp
-        if time_exp is not None:
-            print(f"{method.name:24} time ~ length^{time_exp:.2f}, memory above model ~ length^{memory_exp:.2f}")
-    columns = ["analysis", "model", "method", "role", "length", "threads", "seconds", "peak_rss_mb",
+    if args.merge and args.out.exists():  # keep the earlier rows of (method, length) pairs not measured now
+        measured = {(row["method"], row["length"]) for row in rows}
+        with args.out.open(newline="") as handle:
+            rows = [_parsed(row) for row in csv.DictReader(handle)
+                    if (row["method"], int(row["length"])) not in measured] + rows
+        rows.sort(key=lambda row: (row["length"], [m.name for m in methods].index(row["method"])))
+    _compare(rows)
+    columns = ["analysis", "model", "method", "role", "length", "threads", "rounds", "seconds", "peak_rss_mb",
                "rss_after_load_mb", "above_model_mb", "time_vs_floor", "memory_vs_floor", "max_abs_difference",
                "time_exponent", "memory_exponent", "note"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
