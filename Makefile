@@ -46,7 +46,13 @@ docs: setup
 
 # issue 10's numbers (docs/performance.md): each script writes benchmarks/results/<analysis>.csv
 bench: setup
-	for analysis in sinks tappa distance; do $(BIN)/python benchmarks/bench_$$analysis.py --lengths 512 2048 8192 || exit 1; done
+	for analysis in sinks tappa distance; do \
+	  $(BIN)/python benchmarks/bench_$$analysis.py --lengths 512 2048 8192 || exit 1; \
+	  $(BIN)/python benchmarks/bench_$$analysis.py --lengths 2048 --methods hf-sdpa-forward mechbench --rounds 3 \
+	    --merge || exit 1; \
+	  $(BIN)/python benchmarks/bench_$$analysis.py --lengths 2048 --methods hf-sdpa-forward mechbench --rounds 2 \
+	    --warm-runs 1 --out benchmarks/results/$$analysis-steady.csv || exit 1; \
+	done
 	$(BIN)/python benchmarks/bench_retrieval.py --lengths 512 2048 4096
 
 clean:

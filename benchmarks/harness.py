@@ -6,7 +6,8 @@ with fused SDPA attention) — and calls :func:`main`. Each method runs in a fre
 its peak RSS (``ru_maxrss``) is its own; only :meth:`Method.run` is timed, after a load that also warms the
 model up with a three-token forward pass (first-call set-up is not timed, for any method). Outputs of every method
 are compared with mechbench's (max absolute difference), so a fast wrong answer shows. With ``--rounds N``
-the methods of a length take turns N times and each keeps its fastest time (and largest peak). The CSV has
+the methods of a length take turns N times and each keeps its fastest time (and largest peak); with
+``--warm-runs K`` each process first runs its method K times untimed (steady state). The CSV has
 one row per (method, length) and the growth exponents of time and of memory above the loaded model
 (least squares of ``log y`` on ``log length``).
 
@@ -109,13 +110,15 @@ def sdpa_forward() -> Method:
 
 
 def _child(methods: Sequence[Method], name: str, model: str, length: int, seed: int, threads: int,
-           out: str) -> dict[str, float]:
+           out: str, warm_runs: int = 0) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(threads)
     method = next(m for m in methods if m.name == name)
     state = method.load(model)
     loaded = rss_mb()
+    for _ in range(warm_runs):  # steady state: kernels and buffers of this length's shapes already set up
+        method.run(state, length, seed)
     started = time.perf_counter()
     outputs = method.run(state, length, seed)
     seconds = time.perf_counter() - started
@@ -148,7 +151,7 @@ def _parsed(row: dict[str, str]) -> dict[str, Any]:
         if value == "" and key != "note":
             continue
         try:
-            parsed[key] = int(value) if key in ("length", "threads", "rounds") else float(value)
+            parsed[key] = int(value) if key in ("length", "threads", "rounds", "warm_runs") else float(value)
         except ValueError:
             parsed[key] = value
     return parsed
@@ -189,13 +192,17 @@ def main(analysis: str, methods: Sequence[Method], default_lengths: Sequence[int
                         help="run the methods of a length this many times in turn (each in a fresh process) and "
                              "keep each one's fastest time and largest peak: interleaving cancels slow drifts")
     parser.add_argument("--out", type=Path, default=Path(f"benchmarks/results/{analysis}.csv"))
+    parser.add_argument("--warm-runs", type=int, default=0,
+                        help="run each method this many times untimed before the timed run, in the same process "
+                             "(the steady-state cost of one more input of this length)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of --out for (method, length) pairs this run does not measure")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "LENGTH", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         name, length, out = args.child
-        print(json.dumps(_child(methods, name, args.model, int(length), args.seed, args.threads, out)))
+        print(json.dumps(_child(methods, name, args.model, int(length), args.seed, args.threads, out,
+                                args.warm_runs)))
         return
 
     import torch
@@ -208,7 +215,8 @@ def main(analysis: str, methods: Sequence[Method], default_lengths: Sequence[int
         outputs: dict[str, Outputs] = {}
         length_rows = {method.name: {"analysis": analysis, "model": args.model, "method": method.name,
                                      "role": method.role, "length": length, "threads": args.threads,
-                                     "rounds": args.rounds, "note": method.infeasible(length) or ""}
+                                     "rounds": args.rounds, "warm_runs": args.warm_runs,
+                                     "note": method.infeasible(length) or ""}
                        for method in chosen}
         for _ in range(args.rounds):
             for method in chosen:
@@ -217,7 +225,8 @@ def main(analysis: str, methods: Sequence[Method], default_lengths: Sequence[int
                     continue
                 path = f"/tmp/mechbench-bench-{analysis}-{method.name}-{length}.pt"
                 command = [sys.executable, sys.argv[0], "--model", args.model, "--seed", str(args.seed),
-                           "--threads", str(args.threads), "--child", method.name, str(length), path]
+                           "--threads", str(args.threads), "--warm-runs", str(args.warm_runs),
+                           "--child", method.name, str(length), path]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode != 0:
                     row["note"] = f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:200]}"
@@ -246,7 +255,8 @@ def main(analysis: str, methods: Sequence[Method], default_lengths: Sequence[int
                     if (row["method"], int(row["length"])) not in measured] + rows
         rows.sort(key=lambda row: (row["length"], [m.name for m in methods].index(row["method"])))
     _compare(rows)
-    columns = ["analysis", "model", "method", "role", "length", "threads", "rounds", "seconds", "peak_rss_mb",
+    columns = ["analysis", "model", "method", "role", "length", "threads", "rounds", "warm_runs", "seconds",
+               "peak_rss_mb",
                "rss_after_load_mb", "above_model_mb", "time_vs_floor", "memory_vs_floor", "max_abs_difference",
                "time_exponent", "memory_exponent", "note"]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -204,3 +206,27 @@ def test_fused_refuses_sites_inside_attention(tiny_llama) -> None:
     assert not recorder.uses_fused(reducers, "auto")
     with pytest.raises(CapabilityError, match="cannot also record pattern"):
         recorder.uses_fused(reducers, "fused")
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "blocked keys", "finite biases"])
+def test_row_entropies_from_lse_equal_the_entries_own(mask_kind) -> None:
+    generator = torch.Generator().manual_seed(6)
+    q, k = (torch.randn(2, 3, 12, 8, generator=generator) * 2 for _ in range(2))
+    causal = torch.ones(12, 12, dtype=torch.bool).triu(1)
+    mask = None
+    if mask_kind == "blocked keys":  # a padding mask: 0 or -inf, the causal part included
+        mask = torch.zeros(2, 1, 12, 12).masked_fill(causal, float("-inf"))
+        mask[1, ..., 9:] = float("-inf")
+    elif mask_kind == "finite biases":  # ALiBi-like distance penalties on top of the causal -inf
+        distance = (torch.arange(12)[:, None] - torch.arange(12)[None, :]).float()
+        mask = (-0.3 * distance).masked_fill(causal, float("-inf")).expand(2, 1, 12, 12)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(8) + (mask if mask is not None else torch.zeros(12, 12).masked_fill(
+        causal, float("-inf")))
+    view = FusedAttention(0, q, k, scores.logsumexp(-1), 1 / math.sqrt(8), mask, mask is None)
+    for first, rows in view.blocks(trim=True):
+        for batch_row in (0, 1):
+            block = rows[batch_row]
+            expected = -torch.special.xlogy(block.double(), block.double()).sum(-1)
+            torch.testing.assert_close(view.row_entropies(block, first, batch_row), expected, rtol=1e-5, atol=1e-5)
+            dense = DenseAttention(0, rows, q, k)
+            torch.testing.assert_close(dense.row_entropies(block, first, batch_row), expected, rtol=1e-6, atol=1e-6)
