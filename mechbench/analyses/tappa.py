@@ -270,8 +270,9 @@ class PatternAccumulator:
     follow exactly; rows arrive in blocks (any order, each row once), so no ``[..., T, T]`` tensor is needed.
 
     Per scored row ``t`` (``w < t < T``) it adds the lag profile ``A[t, t - delta]``, the far mass per key column
-    (``A[t, j]``, ``t - j > w``) and the normalised entropy ``H(A[t]) / log(t + 1)``: entries in the rows' float32,
-    sums in float64 (float32 rounding of the scores, 1e-7 relative, at a third of the memory traffic). ``lead`` is the
+    (``A[t, j]``, ``t - j > w``) and the normalised entropy ``H(A[t]) / log(t + 1)``: float32 entries summed in
+    float32 within a block (:mod:`mechbench.core.lags`) and in float64 across blocks (the scores to float32
+    rounding, 1e-6 relative). ``lead`` is the
     shape before the two pattern axes (e.g. ``(head,)``), ``n`` the number of positions ``T``.
     """
 

@@ -155,11 +155,18 @@ class FusedAttention(AttentionView):
             logits[..., first_hidden:].masked_fill_(hidden, float("-inf"))
         return logits
 
+    def _key_stop(self, stop: int) -> int:
+        """Keys ``[0, key_stop)`` the rows before ``stop`` can see (a causal row sees none past its own)."""
+        return min(self.n_keys, stop + self.query_offset) if self.causal else self.n_keys
+
+    def _widened(self, block: Tensor, trim: bool) -> Tensor:
+        """A block of rows over its visible keys, zero-padded to every key unless ``trim``."""
+        return block if trim or block.shape[-1] == self.n_keys else F.pad(block, (0, self.n_keys - block.shape[-1]))
+
     def rows(self, start: int, stop: int, trim: bool = False) -> Tensor:
         # keys a causal row cannot see are not computed, only zero-padded (unless trim)
-        key_stop = min(self.n_keys, stop + self.query_offset) if self.causal else self.n_keys
-        block = self.scores(start, stop, key_stop, shift=self._normalisers(start, stop)).exp_()
-        return block if trim or key_stop == self.n_keys else F.pad(block, (0, self.n_keys - key_stop))
+        block = self.scores(start, stop, self._key_stop(stop), shift=self._normalisers(start, stop)).exp_()
+        return self._widened(block, trim)
 
     def row_entropies(self, rows: Tensor, first: int, batch_row: int, attended: Tensor | None = None) -> Tensor:
         """From ``log A[t, j] = s[t, j] - lse_t``: ``H_t = lse_t sum_j A[t, j] - scale q_t . (A K)_t`` (minus
@@ -228,7 +235,7 @@ class StreamedAttention(FusedAttention):
 
     def _compute(self, start: int, stop: int) -> Tensor:
         """Rows ``[start, stop)``: their pattern (trimmed to the keys they see), ``lse`` and output share."""
-        key_stop = min(self.n_keys, stop + self.query_offset) if self.causal else self.n_keys
+        key_stop = self._key_stop(stop)
         block = self.scores(start, stop, key_stop)
         top = block.amax(-1, keepdim=True)
         block.sub_(top).exp_()
@@ -242,8 +249,7 @@ class StreamedAttention(FusedAttention):
     def rows(self, start: int, stop: int, trim: bool = False) -> Tensor:
         if bool(self._done[start:stop].all()):
             return super().rows(start, stop, trim)
-        block = self._compute(start, stop)
-        return block if trim or block.shape[-1] == self.n_keys else F.pad(block, (0, self.n_keys - block.shape[-1]))
+        return self._widened(self._compute(start, stop), trim)
 
     def attended_rows(self, rows: Tensor, first: int, batch_row: int) -> Tensor:
         stop = first + rows.shape[-2]

@@ -22,9 +22,9 @@ from mechbench.core.dataset import Batch, TokenDataset, spans_to_token_positions
 from mechbench.core.limits import check_context, check_layers
 from mechbench.errors import CapabilityError, DatasetError
 
-#: Short site names -> TransformerLens hook suffix inside ``blocks.{layer}``.
 #: Hook on the final norm's output: the residual stream the unembedding reads, every position.
 FINAL_NORM_HOOK = "ln_final.hook_out"
+#: Short site names -> TransformerLens hook suffix inside ``blocks.{layer}``.
 SITES: dict[str, str] = {
     "pattern": "attn.hook_pattern",
     "attn_scores": "attn.hook_attn_scores",
@@ -143,11 +143,9 @@ class HookedModel:
         """The forward pass of the wrapped Hugging Face model itself (no bridge hooks can fire; the bridge's own
         wrapping costs about 5 % of a 2k-token pass): for passes that hook nothing, e.g. fused-attention readers.
         :func:`mechbench.core.fused.supports_fused` checks that it gives the bridge's logits."""
-        kwargs: dict[str, Any] = {"logits_to_keep": 1} if last_logits_only else {}
-        if batch.is_ragged and not self.causal:
-            kwargs["attention_mask"] = batch.attention_mask.to(self.device)
         with torch.no_grad():
-            return self.bridge.original_model(input_ids=batch.tokens.to(self.device), **kwargs).logits
+            return self.bridge.original_model(input_ids=batch.tokens.to(self.device),
+                                              **self._forward_kwargs(batch, last_logits_only)).logits
 
     @property
     def unembeds_chunks(self) -> bool:
@@ -178,11 +176,17 @@ class HookedModel:
         ``logits_to_keep``): for passes that read activations, not predictions, it saves the
         ``L x vocab`` logits (400 MB at 2k tokens for a 49k vocabulary) and their matmul.
         """
+        with torch.no_grad():
+            return self.bridge.run_with_hooks(batch.tokens.to(self.device), fwd_hooks=list(hooks),
+                                              **self._forward_kwargs(batch, last_logits_only))
+
+    def _forward_kwargs(self, batch: Batch, last_logits_only: bool) -> dict[str, Any]:
+        """Keyword arguments of a forward pass over ``batch``: ``logits_to_keep`` and a bidirectional model's
+        padding mask (a causal model never lets a real query see the right padding)."""
         kwargs: dict[str, Any] = {"logits_to_keep": 1} if last_logits_only and self.supports_logits_to_keep else {}
         if not self.causal and batch.is_ragged:
             kwargs["attention_mask"] = batch.attention_mask.to(self.device)
-        with torch.no_grad():
-            return self.bridge.run_with_hooks(batch.tokens.to(self.device), fwd_hooks=list(hooks), **kwargs)
+        return kwargs
 
     # ------------------------------------------------------------------ tokens
     def tokenize(self, text: str, prepend_bos: bool | None = None) -> tuple[Tensor, list[str]]:
