@@ -21,6 +21,7 @@ from mechbench.analyses.tappa import (
     PatternCriteria,
     TappaConfig,
     TappaReducer,
+    _mean_key_term,
     pattern_scores,
     record_main,
     rope_band_advantage,
@@ -188,6 +189,14 @@ def test_band_accumulator_over_blocks_equals_the_full_pattern_advantage():
     torch.testing.assert_close(bands.advantage(), expected, rtol=FLOAT32_RTOL, atol=1e-12)
     torch.testing.assert_close(rope_band_advantage(q, k, pattern, n_bands=2), expected, rtol=FLOAT32_RTOL,
                                atol=1e-12)
+
+
+def test_mean_key_term_in_chunks_equals_the_whole_cumulative_mean():
+    q, k = random_qk((2, 23, 4), seed=4)
+    mean_key = k.double().cumsum(-2) / torch.arange(1, 24, dtype=torch.float64)[:, None]
+    expected = (q.double() * mean_key)[..., 1:, :].sum(-2)  # rows t >= 1
+    for chunk in (1, 5, 23, 64):  # chunks that split the rows anywhere, including after row 0
+        torch.testing.assert_close(_mean_key_term(q, k, chunk), expected, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------- reducers on a view

@@ -281,4 +281,7 @@ def test_next_token_entropy_in_float32_matches_float64_over_a_large_vocabulary()
     logprobs = logits.double().log_softmax(-1)
     expected = -(logprobs.exp() * logprobs).sum(-1)
     assert torch.allclose(next_token_entropy(logits), expected, rtol=1e-5, atol=1e-5)
+    for slice_bytes in (1, 4 * 50_000 * 4):  # one row per slice; slices of 4 rows, across a leading axis
+        torch.testing.assert_close(next_token_entropy(logits.reshape(2, 3, -1), slice_bytes).flatten(),
+                                   expected, rtol=1e-5, atol=1e-5)
     assert float(expected[0]) > 10.0 and float(expected[-1]) < 1.0  # near uniform ... near one-hot

@@ -82,14 +82,19 @@ def test_streamed_pass_equals_the_eager_one_whatever_rows_its_reader_skips(tiny_
     with torch.no_grad():
         eager_logits = tiny_llama.bridge(tokens)
     read: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    memory: set[int] = set()
 
     def reader(view) -> None:
         assert isinstance(view, StreamedAttention)
         # layer 0: every row block; layer 1: only rows 10.. (rows 0..9 are completed by the pass itself)
         start = 0 if view.layer == 0 else 10
-        blocks = [(first, rows.clone(), view.attended_rows(rows[0], first, 0),
-                   rows[0] @ view.key[0, :, :rows.shape[-1]]) for first, rows in view.blocks(start, trim=True)]
+        blocks = []
+        for first, rows in view.blocks(start, trim=True):
+            memory.add(rows.data_ptr())
+            blocks.append((first, rows.clone(), view.attended_rows(rows[0], first, 0),
+                           rows[0] @ view.key[0, :, :rows.shape[-1]]))
         read[view.layer] = blocks
+        assert view.rows(0, 7).data_ptr() not in memory  # random access gets fresh memory
         keys = torch.tensor([0, 3, 29])
         assert (view.columns(keys) - eager[view.layer][..., keys]).abs().max() < TOLERANCE  # needs every lse
 
@@ -97,6 +102,7 @@ def test_streamed_pass_equals_the_eager_one_whatever_rows_its_reader_skips(tiny_
                                           streaming=Streaming(attended_keys)):
         logits = tiny_llama.bridge(tokens)
     assert (logits - eager_logits).abs().max() < 1e-4  # the streamed blocks made each layer's output
+    assert len(memory) == 1  # every block of the pass, in both layers, was written into one buffer
     for layer, blocks in read.items():
         assert [first for first, *_ in blocks] == ([0, 7, 14, 21, 28] if layer == 0 else [10, 17, 24])
         for first, rows, attended, product in blocks:

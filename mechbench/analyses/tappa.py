@@ -193,6 +193,21 @@ def band_channels(d_head: int, n_bands: int, rotary_dim: int | None = None,
     return channels
 
 
+def _mean_key_term(rot_q: Tensor, rot_k: Tensor, chunk: int = 256) -> Tensor:
+    """``sum_{t >= 1} q_t * mean_{j<=t} k_j`` per channel ``[..., d]`` (float64), in chunks of rows so that no
+    float64 copy of the whole ``[..., T, d]`` is made."""
+    total = torch.zeros(*rot_q.shape[:-2], rot_q.shape[-1], dtype=torch.float64, device=rot_q.device)
+    running = torch.zeros_like(total)  # sum_{j < chunk start} k_j
+    for start in range(0, rot_q.shape[-2], chunk):
+        stop = min(start + chunk, rot_q.shape[-2])
+        prefix = rot_k[..., start:stop, :].double().cumsum(-2) + running[..., None, :]
+        running = prefix[..., -1, :]
+        visible = torch.arange(start + 1, stop + 1, dtype=torch.float64, device=rot_q.device)[:, None]
+        term = rot_q[..., start:stop, :].double() * prefix / visible
+        total += term[..., max(0, 1 - start):, :].sum(-2)  # row 0 is not scored
+    return total
+
+
 class BandAccumulator:
     """Running sums of :func:`rope_band_advantage` over blocks of pattern rows of one example.
 
@@ -200,37 +215,38 @@ class BandAccumulator:
 
         sum_j (A[t, j] - [j <= t] / (t + 1)) c_b[t, j] = q_{t,b} . (sum_j A[t, j] k_j - mean_{j<=t} k_j)_b / sqrt(d)
 
-    and a block of rows costs one ``[r, T] x [T, d]`` product and no ``[r, T]`` tensor per band.
-    ``rot_q``, ``rot_k``: post-RoPE ``[..., T, d]``.
+    and a block of rows costs one ``[r, T] x [T, d]`` product (none when ``A K`` is given) and no ``[r, T]``
+    tensor per band. The sums are kept per channel (``sum_t q_tc (A K)_tc``) and split into bands at the end; the
+    mean-key term, which does not depend on ``A``, is summed once. ``rot_q``, ``rot_k``: post-RoPE ``[..., T, d]``.
     """
 
     def __init__(self, rot_q: Tensor, rot_k: Tensor, n_bands: int, rotary_dim: int | None = None,
                  adjacent_pairs: bool = False) -> None:
-        self.query, self.key = rot_q.double(), rot_k.float()
+        self.query, self.key = rot_q, rot_k.float()
         self.n, d = rot_q.shape[-2:]
         self.scale = math.sqrt(d)
-        self.channels = band_channels(d, n_bands, rotary_dim, adjacent_pairs)
-        visible = torch.arange(1, self.n + 1, dtype=torch.float64, device=self.key.device)[:, None]
-        self.mean_key = self.key.double().cumsum(-2) / visible  # mean_{j<=t} k_j
-        self.sums = torch.zeros(*rot_q.shape[:-2], len(self.channels), dtype=torch.float64, device=self.key.device)
+        channels = band_channels(d, n_bands, rotary_dim, adjacent_pairs)
+        self.bands = torch.zeros(d, len(channels), dtype=torch.float64, device=self.key.device)  # channel -> band
+        for band, chosen in enumerate(channels):
+            self.bands[chosen.to(self.bands.device), band] = 1.0
+        self.baseline = _mean_key_term(rot_q, rot_k)
+        self.attended = torch.zeros(*rot_q.shape[:-2], d, dtype=torch.float64, device=self.key.device)
 
     def add(self, rows: Tensor, first: int, attended: Tensor | None = None) -> None:
-        """Add pattern rows ``[..., r, W]`` whose first row is query ``first`` (row 0 is not scored); ``W <= T``
-        when the keys past ``W`` get no attention from these rows. ``attended``: ``rows @ keys`` when the caller
-        has it."""
+        """Add pattern rows ``[..., r, W]`` whose first row is query ``first`` (row 0 is not scored; every row
+        ``t >= 1`` is added once before :meth:`advantage`); ``W <= T`` when the keys past ``W`` get no attention
+        from these rows. ``attended``: ``rows @ keys`` when the caller has it."""
         skip = max(0, 1 - first)
-        width = rows.shape[-1]  # a causal block may stop at its last row's key
-        attended = rows.float() @ self.key[..., :width, :] if attended is None else attended
-        rows, attended, first = rows[..., skip:, :], attended[..., skip:, :], first + skip
-        stop = first + rows.shape[-2]
-        attended = attended.double() - self.mean_key[..., first:stop, :]
-        lift = self.query[..., first:stop, :] * attended / self.scale  # [..., r, d]
-        for band, chosen in enumerate(self.channels):
-            self.sums[..., band] += lift[..., chosen].sum((-1, -2))
+        attended = rows.float() @ self.key[..., :rows.shape[-1], :] if attended is None else attended
+        attended, first = attended[..., skip:, :], first + skip
+        query = self.query[..., first:first + attended.shape[-2], :].double()
+        self.attended += (query * attended).sum(-2)
 
     def advantage(self) -> Tensor:
         """``adv_b`` ``[..., bands]`` float64 on the CPU: the mean over rows ``t >= 1`` (0 for one token)."""
-        return (self.sums / (self.n - 1) if self.n > 1 else torch.zeros_like(self.sums)).cpu()
+        if self.n <= 1:
+            return torch.zeros(*self.attended.shape[:-1], self.bands.shape[-1], dtype=torch.float64)
+        return ((self.attended - self.baseline) @ self.bands / (self.scale * (self.n - 1))).cpu()
 
 
 def rope_band_advantage(rot_q: Tensor, rot_k: Tensor, pattern: Tensor, n_bands: int = 4,
