@@ -26,16 +26,12 @@ def prompt_length(length: int) -> int:
 
 def recorded(attention: str) -> Method:
     def run(model: Any, length: int, seed: int) -> dict[str, Any]:
-        from mechbench.analyses.distance import DistanceConfig, DistanceReducer
+        from mechbench.analyses.distance import DistanceConfig, record_distance
         from mechbench.core.dataset import TokenDataset
-        from mechbench.core.recorder import ATTENTION, Recorder
 
-        config = DistanceConfig()
         dataset = TokenDataset(tokens=[random_tokens(model, length, seed)[0]], example_ids=["x"], token_texts=[[]])
-        reducer = DistanceReducer([prompt_length(length)], dataset.lengths, model.n_layers, model.n_heads,
-                                  config.window, config.h_lo, config.h_hi)
-        Recorder(model, batch_size=1, progress=False).run(dataset, {ATTENTION: reducer},
-                                                          on_logits=reducer.keep_entropy, attention=attention)
+        reducer = record_distance(model, dataset, [prompt_length(length)],
+                                  DistanceConfig(attention=attention, layers="all", batch_size=1), progress=False)
         return {"spans": reducer.spans[0], "waad": reducer.waad[0], "fai": reducer.fai[0],
                 "entropy": reducer.entropy[0]}
 

@@ -196,6 +196,12 @@ def test_logits_are_handed_out_in_chunks_equal_to_the_forward_pass(model_fixture
         whole = model.bridge(torch.stack([tokens[0], torch.cat([tokens[1], torch.zeros(5, dtype=torch.long)
                                                                   + model.pad_id])]))
     assert (torch.cat([c for _, c in chunks], dim=1) - whole).abs().max() < 1e-4
+    later: list[tuple[int, torch.Tensor]] = []  # a reader of positions 7.. only: earlier ones are not handed out
+    Recorder(model, batch_size=2, progress=False).run(
+        dataset, {"resid_post": lambda layer, x, batch: None}, logits_from=lambda batch: 7,
+        on_logits=lambda c, first, batch: later.append((first, c.clone())))
+    assert [first for first, _ in later] == [7, 12]
+    assert (torch.cat([c for _, c in later], dim=1) - whole[:, 7:]).abs().max() < 1e-4
 
 
 def test_models_the_fused_path_cannot_drive_fall_back_or_refuse(planted) -> None:

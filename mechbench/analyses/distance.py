@@ -339,6 +339,10 @@ class DistanceReducer:
             self.fai[index][layer] = fai_from_mass(received[index], horizon_sizes((prompt, length), self.h_lo,
                                                                                   self.h_hi))
 
+    def first_logit(self, batch: Batch) -> int:
+        """The first position whose logits :meth:`keep_entropy` reads in ``batch`` (a Recorder ``logits_from``)."""
+        return min(self.prompt_lengths[index] for index in batch.indices.tolist()) - 1
+
     def keep_entropy(self, logits: Tensor, first: int, batch: Batch) -> None:
         """Entropy of the distribution that emitted each response token ``t`` (logits at ``t - 1``) [INFERRED], from
         one chunk of logits ``[batch, n, vocab]`` of positions ``first ..`` (a Recorder ``on_logits``)."""
@@ -406,6 +410,19 @@ def _series_rows(dataset: TokenDataset, prompt_lengths: list[int], series: Seque
     return pd.concat(frames, ignore_index=True).assign(metric=metric, **constants)
 
 
+def record_distance(model: HookedModel, dataset: TokenDataset, prompt_lengths: Sequence[int], config: DistanceConfig,
+                    progress: bool = True) -> DistanceReducer:
+    """One pass over ``dataset`` (each example a prompt of ``prompt_lengths[i]`` tokens and its response): head
+    spans, WAAD and FAI of the config's layers and the response tokens' entropies, in a :class:`DistanceReducer`."""
+    layers = select_layers(model.n_layers, config.layers, model=model.name)
+    reducer = DistanceReducer(list(prompt_lengths), dataset.lengths, model.n_layers, model.n_heads, config.window,
+                              config.h_lo, config.h_hi)
+    Recorder(model, batch_size=config.batch_size, progress=progress).run(
+        dataset, {ATTENTION: reducer}, layers=layers, description="attention distance", on_logits=reducer.keep_entropy,
+        logits_from=reducer.first_logit, attention=config.attention)
+    return reducer
+
+
 def run_distance(model: HookedModel, transcripts: Sequence[Transcript], config: DistanceConfig | None = None,
                  progress: bool = True) -> pd.DataFrame:
     """Head spans, local/global groups, WAAD, FAI, entropies and the coupling checks on ``transcripts``.
@@ -421,12 +438,7 @@ def run_distance(model: HookedModel, transcripts: Sequence[Transcript], config: 
     check_config(config, data=False)
     dataset = transcript_dataset(model, transcripts)
     prompt_lengths = [t.prompt_ids.numel() for t in transcripts]
-    layers = select_layers(model.n_layers, config.layers, model=model.name)
-    reducer = DistanceReducer(prompt_lengths, dataset.lengths, model.n_layers, model.n_heads, config.window,
-                              config.h_lo, config.h_hi)
-    Recorder(model, batch_size=config.batch_size, progress=progress).run(
-        dataset, {ATTENTION: reducer}, layers=layers, description="attention distance", on_logits=reducer.keep_entropy,
-        attention=config.attention)
+    reducer = record_distance(model, dataset, prompt_lengths, config, progress)
     spans = reducer.spans.nanmean(0)
     local, glob = split_heads(spans, config.local_frac, config.global_frac)
     receiver_score = torch.stack([kurtosis(per_head) for per_head in reducer.fai]).nanmean(0)

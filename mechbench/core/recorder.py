@@ -118,7 +118,7 @@ class Recorder:
 
     def run(self, dataset: TokenDataset, reducers: Mapping[str, Any], layers: Sequence[int] | None = None,
             description: str = "recording", on_logits: Callable[[Tensor, int, Batch], None] | None = None,
-            attention: AttentionPath = "auto") -> None:
+            attention: AttentionPath = "auto", logits_from: Callable[[Batch], int] | None = None) -> None:
         """Run every example once; each reducer sees every requested layer of every batch.
 
         ``reducers`` maps a site to a :class:`Reducer` (a tensor per layer), or ``"attention"`` to a
@@ -127,6 +127,8 @@ class Recorder:
         the same forward pass (e.g. next-token entropies), so no second pass is needed, in chunks of
         ``LOGIT_CHUNK`` positions from position ``first``: where the model allows, each chunk is unembedded from
         the final norm's output when it is handed out, so the ``L x vocab`` logits never exist at once.
+        ``logits_from(batch)``: the first position whose logits ``on_logits`` needs (earlier ones are not
+        unembedded).
         """
         if not reducers:
             raise CapabilityError("the Recorder needs at least one (site, reducer) pair")
@@ -165,20 +167,21 @@ class Recorder:
                     logits = self.model.run_with_hooks(batch, hooks, last_logits_only=last_only)
                 check_finite(logits, "the logits", self.model.name)
                 if on_logits is not None:
-                    self._hand_out_logits(on_logits, final.pop() if chunked else logits, chunked, batch)
+                    start = 0 if logits_from is None else max(0, logits_from(batch))
+                    self._hand_out_logits(on_logits, final.pop() if chunked else logits, chunked, batch, start)
         finally:
             current.clear()  # tensors are freed by reference counting; a gc.collect() here cost seconds per run
             final.clear()
 
     def _hand_out_logits(self, on_logits: Callable[[Tensor, int, Batch], None], source: Tensor, unembed: bool,
-                         batch: Batch) -> None:
-        """``on_logits`` per chunk of positions: slices of the logits, or unembedded final-norm rows (``unembed``)."""
-        for first in range(0, source.shape[1], LOGIT_CHUNK):
+                         batch: Batch, start: int = 0) -> None:
+        """``on_logits`` per chunk of positions from ``start``: slices of the logits, or unembedded final-norm rows
+        (``unembed``; those are checked once: finite rows unembed to finite logits in float32)."""
+        if unembed:
+            check_finite(source, "the final norm's output", self.model.name)
+        for first in range(start, source.shape[1], LOGIT_CHUNK):
             chunk = source[:, first:first + LOGIT_CHUNK]
-            if unembed:
-                chunk = self.model.unembed(chunk)
-                check_finite(chunk, "the logits", self.model.name)
-            on_logits(chunk, first, batch)
+            on_logits(self.model.unembed(chunk) if unembed else chunk, first, batch)
 
     def cache(self, dataset: TokenDataset, sites: Sequence[str], layers: Sequence[int] | None = None,
               max_bytes: int = DEFAULT_CACHE_LIMIT) -> dict[str, Tensor]:
