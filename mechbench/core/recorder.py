@@ -176,12 +176,13 @@ class Recorder:
     def _hand_out_logits(self, on_logits: Callable[[Tensor, int, Batch], None], source: Tensor, unembed: bool,
                          batch: Batch, start: int = 0) -> None:
         """``on_logits`` per chunk of positions from ``start``: slices of the logits, or unembedded final-norm rows
-        (``unembed``; those are checked once: finite rows unembed to finite logits in float32)."""
-        if unembed:
-            check_finite(source, "the final norm's output", self.model.name)
+        (``unembed``; each chunk checked, as a half-precision unembedding can overflow)."""
         for first in range(start, source.shape[1], LOGIT_CHUNK):
             chunk = source[:, first:first + LOGIT_CHUNK]
-            on_logits(self.model.unembed(chunk) if unembed else chunk, first, batch)
+            if unembed:
+                chunk = self.model.unembed(chunk)
+                check_finite(chunk, "the logits", self.model.name)
+            on_logits(chunk, first, batch)
 
     def cache(self, dataset: TokenDataset, sites: Sequence[str], layers: Sequence[int] | None = None,
               max_bytes: int = DEFAULT_CACHE_LIMIT) -> dict[str, Tensor]:
