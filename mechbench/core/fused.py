@@ -281,15 +281,10 @@ class StreamedAttention(FusedAttention):
         self._done[start:stop] = True
         return block
 
-    def rows(self, start: int, stop: int, trim: bool = False) -> Tensor:
-        if bool(self._done[start:stop].all()):
-            return super().rows(start, stop, trim)
-        return self._widened(self._compute(start, stop, None), trim)
-
-    def _block(self, start: int, stop: int, trim: bool) -> Tensor:
-        if bool(self._done[start:stop].all()):
-            return super()._block(start, stop, trim)
-        return self._widened(self._compute(start, stop, self.buffer), trim)
+    def _rebuilt(self, start: int, stop: int, trim: bool, buffer: BlockBuffer | None) -> Tensor:
+        if bool(self._done[start:stop].all()):  # computed before: rebuilt from lse like any fused row
+            return super()._rebuilt(start, stop, trim, buffer)
+        return self._widened(self._compute(start, stop, buffer), trim)
 
     def attended_rows(self, rows: Tensor, first: int, batch_row: int) -> Tensor:
         stop = first + rows.shape[-2]
