@@ -97,6 +97,35 @@ def cache(model: HookedModel, tokens: Tensor, names: Iterable[str],
     return logits.detach(), store
 
 
+def _graph_start(model: HookedModel) -> Hook:
+    """A hook at the first residual that makes it require grad: frozen weights or a replaced input would
+    otherwise leave no graph to differentiate."""
+
+    def ensure_grad(activation: Tensor, hook: Any) -> Tensor:
+        return activation if activation.requires_grad else activation.detach().requires_grad_(True)
+
+    return model.hook_name("resid_pre", 0), ensure_grad
+
+
+def _keepers(saved: dict[str, Tensor], names: Iterable[str], own_copy: bool = False) -> list[Hook]:
+    """Hooks saving each named activation into ``saved`` (for gradients w.r.t. it) and returning it.
+
+    Returned, not just read: the bridge may hand a hook a reshaped view and, when the hook returns
+    None, go on with the original tensor, which would cut the saved view out of the graph. With
+    ``own_copy`` the hook returns (and saves) a clone, so that the component reading the hook's output
+    has a tensor of its own: TransformerLens 4.x runs ``hook_mlp_in`` as a pre-hook of ``ln2`` on the
+    residual tensor itself, whose gradient would also carry the skip path past the MLP (issue 27).
+    """
+
+    def keeper(name: str) -> Callable[[Tensor, Any], Tensor]:
+        def keep(activation: Tensor, hook: Any) -> Tensor:
+            saved[name] = activation.clone() if own_copy else activation
+            return saved[name]
+        return keep
+
+    return [(name, keeper(name)) for name in dict.fromkeys(names)]
+
+
 def cache_with_grads(model: HookedModel, tokens: Tensor, names: Sequence[str], metric: Metric,
                      hooks: Sequence[Hook] = ()) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
     """``(metric [batch], activations, gradients of metric.sum() w.r.t. them)``: one forward + one backward.
@@ -105,22 +134,8 @@ def cache_with_grads(model: HookedModel, tokens: Tensor, names: Sequence[str], m
     parameter ``.grad`` is accumulated.
     """
     saved: dict[str, Tensor] = {}
-
-    def keeper(name: str) -> Callable[[Tensor, Any], Tensor]:
-        # returned, not just read: the bridge may hand a hook a reshaped view and, when the hook returns
-        # None, go on with the original tensor, which would cut the saved view out of the graph
-        def keep(activation: Tensor, hook: Any) -> Tensor:
-            saved[name] = activation
-            return activation
-        return keep
-
-    def ensure_grad(activation: Tensor, hook: Any) -> Tensor:
-        # frozen weights or a replaced input would otherwise leave no graph to differentiate
-        return activation if activation.requires_grad else activation.detach().requires_grad_(True)
-
     with torch.enable_grad():
-        start = [(model.hook_name("resid_pre", 0), ensure_grad)]
-        logits = forward(model, tokens, [*hooks, *start, *((name, keeper(name)) for name in names)], grad=True)
+        logits = forward(model, tokens, [*hooks, _graph_start(model), *_keepers(saved, names)], grad=True)
         values = metric(logits)
         grads = torch.autograd.grad(values.sum(), [saved[name] for name in names], allow_unused=True)
     acts = {name: saved[name].detach() for name in names}
@@ -251,6 +266,11 @@ def reader_gradients(model: HookedModel, tokens: Tensor, metric: Metric, hooks: 
     norm's vector-Jacobian product taken by autograd from ``ln1.hook_in`` to ``ln1.hook_out``, and
     the MLP's at ``ln2.hook_in``. Under GQA a KV head's input gradient is split equally among the
     query heads of its group.
+
+    Every reader's hook hands on a clone of its input, the tensor that only the reader uses: at
+    ``hook_mlp_in`` (and ``ln2.hook_in``) the bridge passes the residual tensor itself, and the
+    gradient w.r.t. it is the sum over everything downstream of that residual (the MLP, later heads
+    and MLPs, the logits), not the MLP's own input gradient.
     """
     n_heads = model.n_heads
     with_mlps = mlps and has_mlps(model)
@@ -273,26 +293,13 @@ def reader_gradients(model: HookedModel, tokens: Tensor, metric: Metric, hooks: 
     final = _final_reader(model)
     names.append(final)
     saved: dict[str, Tensor] = {}
-
-    def keeper(name: str) -> Callable[[Tensor, Any], Tensor]:
-        # returned, not just read: the bridge may hand a hook a reshaped view and, when the hook returns
-        # None, go on with the original tensor, which would cut the saved view out of the graph
-        def keep(activation: Tensor, hook: Any) -> Tensor:
-            saved[name] = activation
-            return activation
-        return keep
-
-    def ensure_grad(activation: Tensor, hook: Any) -> Tensor:
-        return activation if activation.requires_grad else activation.detach().requires_grad_(True)
-
     try:
         if split:
             model.bridge.set_use_split_qkv_input(True)
             if with_mlps:
                 model.bridge.set_use_hook_mlp_in(True)
         with torch.enable_grad():
-            start = [(model.hook_name("resid_pre", 0), ensure_grad)]
-            logits = forward(model, tokens, [*hooks, *start, *((n, keeper(n)) for n in dict.fromkeys(names))],
+            logits = forward(model, tokens, [*hooks, _graph_start(model), *_keepers(saved, names, own_copy=True)],
                              grad=True)
             targets = [saved[e[c]] for e in per_layer for c in ("q", "k", "v")]
             targets += [saved[e["mlp"]] for e in per_layer if "mlp" in e] + [saved[final]]
