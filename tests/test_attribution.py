@@ -32,24 +32,20 @@ from mechbench.analyses.attribution import (
     input_x_gradient,
     integrated_gradients,
     occlusion,
-    pearson,
     perturbation_curve,
-    pool_segments,
-    pool_to_length,
-    rankdata,
     replacement_embeddings,
     run_attribution,
     saliency,
-    spearman,
     target_values,
-    topk_overlap,
 )
 from mechbench.config import parse_config
 from mechbench.core.dataset import TokenDataset
 from mechbench.core.embeddings import frozen_parameters, run_from_embeddings, token_embeddings
+from mechbench.core.pooling import pool_segments, pool_to_length
 from mechbench.core.recorder import Recorder
 from mechbench.errors import ConfigError, DatasetError
 from mechbench.models.toy import PLANTED_HEADS, PLANTED_VOCAB
+from mechbench.stats import pearson, rankdata, spearman, topk_overlap
 from mechbench.tasks.grounding import GroundedItem, load_grounded, load_target_prompts
 
 #: IG completeness tolerance on toy-planted with 32 Gauss-Legendre points (measured |delta| ~ 5e-7)

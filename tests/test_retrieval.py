@@ -14,19 +14,19 @@ from mechbench.analyses.retrieval import (
     RetrievalConfig,
     check_config,
     copy_events,
-    greedy_decode,
     masking_experiment,
     random_heads,
-    ranked_heads,
     retrieval_scores,
     rouge1_recall,
     run_retrieval,
     run_trial,
 )
+from mechbench.core.decoding import greedy_decode
 from mechbench.core.interventions import mask_heads_hooks, uniform_attention
 from mechbench.core.recorder import Recorder
 from mechbench.errors import ConfigError, DatasetError
 from mechbench.models.toy import PLANTED_CTX, PLANTED_HEADS
+from mechbench.stats import ranked_heads
 from mechbench.tasks.niah import Needle, NiahTrial, build_trial, grid, load_haystack, load_needles
 
 CUE = 1

@@ -29,7 +29,6 @@ from mechbench.analyses.tappa import (
     rope_band_advantage,
     run_tappa,
     similarity_matrix,
-    spearman,
     tappa_prune_scores,
     window_bounds,
 )
@@ -38,6 +37,7 @@ from mechbench.core.dataset import TokenDataset
 from mechbench.core.recorder import Recorder
 from mechbench.errors import ConfigError
 from mechbench.models.toy import PLANTED_HEADS, PLANTED_UNIFORM_HEADS
+from mechbench.stats import paired_spearman as spearman
 
 
 def explicit_mean(q: torch.Tensor, mode: str) -> torch.Tensor:

@@ -59,6 +59,7 @@ from mechbench.core.limits import check_context
 from mechbench.core.recorder import Recorder
 from mechbench.core.tidy import complete_columns, to_tidy
 from mechbench.errors import CapabilityError, ConfigError, DatasetError
+from mechbench.stats import pearson, spearman, topk_overlap
 from mechbench.tasks.grounding import (
     BUILTIN,
     GroundedItem,
@@ -325,65 +326,6 @@ class ViewReducer:
 
 
 # ---------------------------------------------------------------------------- agreement
-def rankdata(values: Tensor) -> Tensor:
-    """Ranks (1-based) along the last axis, ties get their average rank (``scipy.stats.rankdata``'s default).
-
-    By sorting (``O(n log n)``): a value's rank is the count of smaller values plus the mean of its tied
-    ranks, so flattened spectrogram-sized maps (thousands of cells) rank quickly.
-    """
-    values = values.contiguous()
-    ordered = values.sort(-1).values
-    below = torch.searchsorted(ordered, values, right=False)
-    through = torch.searchsorted(ordered, values, right=True)
-    return below.double() + (through - below + 1).double() / 2
-
-
-def pearson(x: Tensor, y: Tensor) -> Tensor:
-    """Pearson correlation along the last axis (broadcasting the rest); NaN when either side is constant."""
-    x, y = torch.broadcast_tensors(x.double(), y.double())
-    x = x - x.mean(-1, keepdim=True)
-    y = y - y.mean(-1, keepdim=True)
-    denominator = (x.pow(2).sum(-1) * y.pow(2).sum(-1)).sqrt()
-    return torch.where(denominator > 0, (x * y).sum(-1) / denominator.clamp(min=1e-300), float("nan"))
-
-
-def spearman(x: Tensor, y: Tensor) -> Tensor:
-    """Spearman rank correlation along the last axis: Pearson of the average ranks."""
-    x, y = torch.broadcast_tensors(x, y)
-    return pearson(rankdata(x), rankdata(y))
-
-
-def topk_overlap(x: Tensor, y: Tensor, k: int) -> Tensor:
-    """``|top_k(x) ∩ top_k(y)| / k`` along the last axis (``k`` capped at its length; ties broken by position)."""
-    x, y = torch.broadcast_tensors(x, y)
-    k = min(k, x.shape[-1])
-    top_x = torch.zeros_like(x, dtype=torch.bool).scatter(-1, x.topk(k, dim=-1).indices, True)
-    top_y = torch.zeros_like(y, dtype=torch.bool).scatter(-1, y.topk(k, dim=-1).indices, True)
-    return (top_x & top_y).sum(-1).double() / k
-
-
-def pool_segments(values: Tensor, segments: Tensor, how: Literal["max", "mean", "sum"] = "max") -> Tensor:
-    """Pool the last axis into segments: ``segments[i]`` is position ``i``'s segment (``-1`` = left out).
-    Returns ``[..., n_segments]`` (``n_segments = segments.max() + 1``; an empty segment is NaN)."""
-    n_segments = int(segments.max()) + 1
-    out = []
-    for segment in range(n_segments):
-        chosen = values[..., segments == segment]
-        if chosen.shape[-1] == 0:
-            out.append(torch.full(values.shape[:-1], float("nan"), dtype=values.dtype))
-        else:
-            out.append({"max": chosen.amax(-1), "mean": chosen.mean(-1), "sum": chosen.sum(-1)}[how])
-    return torch.stack(out, -1)
-
-
-def pool_to_length(values: Tensor, length: int, how: Literal["max", "mean"] = "max") -> Tensor:
-    """Pool the last axis to ``length`` bins (adaptive max or average pooling, as PyTorch's
-    ``adaptive_*_pool1d``): bring a finer map (e.g. spectrogram frames) to a coarser resolution."""
-    pool = torch.nn.functional.adaptive_max_pool1d if how == "max" else torch.nn.functional.adaptive_avg_pool1d
-    flat = values.reshape(-1, 1, values.shape[-1]).double()
-    return pool(flat, length).reshape(*values.shape[:-1], length)
-
-
 def curve_points(n: int, steps: int) -> list[int]:
     """Numbers of removed (deletion) or inserted (insertion) positions: ``round(i n / steps)``, ``i = 0..steps``
     (at most ``n`` steps), starting at 0 and ending at ``n``."""

@@ -43,6 +43,7 @@ from mechbench.core.limits import check_context
 from mechbench.core.recorder import ATTENTION, AttentionPath, Batch, Recorder
 from mechbench.core.tidy import to_tidy
 from mechbench.errors import CapabilityError, ConfigError, DatasetError
+from mechbench.stats import paired_spearman
 from mechbench.tasks.texts import BUILTIN, load_texts
 
 ANALYSIS = "tappa"
@@ -427,16 +428,6 @@ def classify_patterns(scores: dict[str, Tensor], criteria: PatternCriteria = Pat
 def predictability(scores: dict[str, Tensor]) -> Tensor:
     """[INFERRED] continuous pattern predictability: ``max(vertical, diagonal, periodic)``."""
     return torch.stack([scores[name] for name in PATTERN_TYPES], -1).max(-1).values
-
-
-def spearman(x: Sequence[float] | Tensor, y: Sequence[float] | Tensor) -> float:
-    """Spearman rank correlation (average ranks for ties; pairs with a NaN dropped); NaN if < 3 pairs
-    or a constant side."""
-    frame = pd.DataFrame({"x": torch.as_tensor(x, dtype=torch.float64).numpy(),
-                          "y": torch.as_tensor(y, dtype=torch.float64).numpy()}).dropna()
-    if len(frame) < 3 or frame["x"].nunique() < 2 or frame["y"].nunique() < 2:
-        return float("nan")
-    return float(frame["x"].rank().corr(frame["y"].rank()))
 
 
 # ---------------------------------------------------------------------------- downstream: KV budgets
@@ -913,7 +904,7 @@ def run_tappa(model: HookedModel, dataset: TokenDataset, config: TappaConfig | N
     for variant, qsim in (("kv", kv_layer), ("prune", prune_head)):
         for target, values in targets.items():
             correlations.append({"metric": "qsim_spearman", "variant": variant, "target": target,
-                                 "value": spearman(qsim.flatten(), values.flatten()),
+                                 "value": paired_spearman(qsim, values),
                                  "n_heads": int((~torch.isnan(qsim.flatten() + values.flatten())).sum())})
     parts.append(pd.DataFrame(correlations))
 

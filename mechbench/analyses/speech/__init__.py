@@ -38,13 +38,14 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechbench.analyses.attribution import pearson, pool_to_length, spearman
 from mechbench.config import StrictModel
 from mechbench.core.audio import SAMPLE_RATE, read_wav, synthesize
 from mechbench.core.hooked import HookedModel
+from mechbench.core.pooling import pool_to_length
 from mechbench.core.speech import SpeechModel
 from mechbench.core.tidy import complete_columns, to_tidy
 from mechbench.errors import CapabilityError, DatasetError
+from mechbench.stats import pearson, spearman
 from mechbench.tasks.speech import BUILTIN, Utterance, load_utterances
 
 ANALYSIS = "speech"

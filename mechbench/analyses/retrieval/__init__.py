@@ -22,7 +22,6 @@ whose bridge has no HF cache (TL-native toy models) recompute the sequence each 
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -36,14 +35,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechbench.config import StrictModel
-from mechbench.core.fused import FusedAttention, fused_attention, use_fused
+from mechbench.core.decoding import Decoding, greedy_decode
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import mask_heads_hooks
-from mechbench.core.limits import check_context, check_finite
 from mechbench.core.porter import porter_stem
 from mechbench.core.recorder import AttentionPath
 from mechbench.core.tidy import to_tidy
 from mechbench.errors import ConfigError, DatasetError
+from mechbench.stats import ranked_heads
 from mechbench.tasks.niah import (
     ANSWER_BUFFER,
     BUILTIN,
@@ -125,82 +124,6 @@ def retrieval_scores(trial_scores: Tensor, counted: Tensor) -> Tensor:
     if kept.shape[0] == 0:
         return torch.full(trial_scores.shape[1:], float("nan"), dtype=torch.float64)
     return kept.mean(0)
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """What a greedy decode keeps: emitted tokens and one argmax key position per head per step."""
-
-    generated: Tensor  # [step] token ids
-    argmax_keys: Tensor  # [step, layer, head] key positions
-    used_kv_cache: bool
-
-
-def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int = MAX_NEW_TOKENS,
-                  stop_ids: Collection[int] = (), use_kv_cache: bool = True,
-                  fwd_hooks: Sequence[tuple[str, Any]] = (), attention: AttentionPath = "auto") -> Decoding:
-    """Greedy decoding that records, per step, the argmax-attended key of the last query of every head.
-
-    As the reference ``decode``: prefill ``prompt_ids[:-1]``, then each step feeds the previous token,
-    emits ``argmax logits``, records the argmaxes, and stops after a token in ``stop_ids`` (that step
-    still counts) or ``max_new_tokens`` steps. With ``use_kv_cache`` and a bridge that returns a Hugging
-    Face cache, each step runs one token; otherwise the whole sequence is re-run each step (same
-    result, quadratic cost). Only ``[heads]`` per layer per step is kept in either case.
-    ``fwd_hooks`` (e.g. :func:`mechbench.core.interventions.mask_heads_hooks`) are active in the prefill
-    and in every decode step.
-
-    ``attention="auto"`` decodes with the fused kernel where the model allows it and no ``fwd_hooks``
-    edit attention (:mod:`mechbench.core.fused`): the prefill never builds a pattern, and a step's
-    argmax key is ``argmax_j q . k_j`` of its one query row (the softmax keeps the order), so scoring
-    costs ``O(L d)`` per head and step on top of a plain KV-cache decode. ``eager`` reads ``hook_pattern``.
-    """
-    if prompt_ids.dim() != 1 or prompt_ids.numel() < 2:
-        raise DatasetError(f"the prompt needs at least 2 tokens (1-D ids), got shape {tuple(prompt_ids.shape)}")
-    check_context(prompt_ids.numel() + max_new_tokens, model.architecture.n_ctx, model.name,
-                  f"the prompt has {prompt_ids.numel()} tokens + {max_new_tokens} new tokens",
-                  "use a shorter context or fewer new tokens")
-    argmax_keys = torch.zeros(max_new_tokens, model.n_layers, model.n_heads, dtype=torch.long)
-    step = [0]
-
-    def keep_argmax(pattern: Tensor, hook: Any, layer: int) -> None:
-        argmax_keys[step[0], layer] = pattern[0, :, -1, :].argmax(-1).cpu()
-
-    def keep_fused_argmax(view: FusedAttention) -> None:  # the last query row (the prefill's is overwritten)
-        last = view.n_queries - 1
-        argmax_keys[step[0], view.layer] = view.scores(last, last + 1)[0, :, 0].argmax(-1).cpu()
-
-    fused = use_fused(model, attention, "run with head-masking hooks on hook_pattern" if fwd_hooks else None)
-    hooks = [] if fused else [(model.hook_name("pattern", layer),
-                               lambda p, hook, layer=layer: keep_argmax(p, hook, layer))
-                              for layer in range(model.n_layers)]
-    bridge = model.bridge
-    device = model.device
-    sequence = prompt_ids.to(device)
-    generated: list[int] = []
-    cache = None
-    with torch.no_grad(), fused_attention(bridge, keep_fused_argmax) if fused else contextlib.nullcontext():
-        if use_kv_cache and getattr(getattr(bridge, "adapter", None), "supports_kv_cache", True):
-            with bridge.hooks(fwd_hooks=list(fwd_hooks)):
-                # the prefill's logits are never read: unembed only the last position (HF logits_to_keep)
-                _, cache = bridge(sequence[None, :-1], return_type="logits_and_cache", use_cache=True,
-                                  logits_to_keep=1)
-        token = sequence[-1:]
-        # attached once: a per-step run_with_hooks costs more than the decode step itself
-        with bridge.hooks(fwd_hooks=list(fwd_hooks) + hooks):
-            for i in range(max_new_tokens):
-                step[0] = i
-                if cache is not None:
-                    logits, cache = bridge(token[None], return_type="logits_and_cache", past_key_values=cache)
-                else:
-                    logits = bridge(sequence[None])
-                check_finite(logits[0, -1], f"the logits of decode step {i}", model.name)
-                token = logits[0, -1].argmax().view(1)
-                generated.append(int(token))
-                sequence = torch.cat([sequence, token])
-                if generated[-1] in stop_ids:
-                    break
-    return Decoding(generated=torch.tensor(generated, dtype=torch.long), argmax_keys=argmax_keys[:len(generated)],
-                    used_kv_cache=cache is not None)
 
 
 @dataclass(frozen=True)
@@ -303,13 +226,6 @@ def run_retrieval(model: HookedModel, trials: Sequence[NiahTrial], *, max_new_to
     frame["analysis"] = ANALYSIS
     frame["model"] = model.name
     return frame
-
-
-def ranked_heads(scores: Tensor) -> list[tuple[int, int]]:
-    """All ``(layer, head)`` by descending retrieval score; NaN last, ties in layer-then-head order."""
-    flat = torch.nan_to_num(scores.double().flatten(), nan=float("-inf"))
-    order = torch.sort(flat, descending=True, stable=True).indices.tolist()
-    return [divmod(index, scores.shape[1]) for index in order]
 
 
 def random_heads(scores: Tensor, k: int, exclude_top: int, generator: torch.Generator | None = None,

@@ -42,9 +42,9 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechbench.analyses.retrieval import greedy_decode, ranked_heads
 from mechbench.config import Seed, StrictModel
 from mechbench.core.dataset import TokenDataset
+from mechbench.core.decoding import greedy_decode
 from mechbench.core.fused import AttentionView, Streaming
 from mechbench.core.hooked import HookedModel
 from mechbench.core.lags import column_sums, lag_sums, lag_weighted_rows
@@ -52,6 +52,7 @@ from mechbench.core.limits import check_context, check_layers
 from mechbench.core.recorder import ATTENTION, AttentionPath, Batch, Recorder
 from mechbench.core.tidy import to_tidy
 from mechbench.errors import ConfigError, DatasetError
+from mechbench.stats import ranked_heads
 from mechbench.tasks.niah import Template
 from mechbench.tasks.reasoning import (
     BUILTIN,
