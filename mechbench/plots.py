@@ -6,6 +6,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 
+def rows_of(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The rows of one metric."""
+    return frame[frame["metric"] == metric]
+
+
 def head_heatmap(frame: pd.DataFrame, title: str, value_label: str = "value") -> go.Figure:
     """Layer x head heatmap of per-head rows (columns ``layer``, ``head``, ``value``; one row per head)."""
     grid = frame.pivot_table(index="layer", columns="head", values="value", aggfunc="mean").sort_index()

@@ -1,7 +1,7 @@
 """``mechbench report``: one self-contained HTML file per run (plotly inlined once, works offline).
 
 Layout: a page (section) per analysis with a heatmap for every head-level metric, the analysis's
-own figures (:mod:`mechbench.figures`) and its model-level numbers; one cross-metric page that puts
+own figures (each analysis package's ``figures`` module) and its model-level numbers; one cross-metric page that puts
 every head metric of the run side by side (a table sortable by any column, and their rank
 correlations); the run's provenance. All text from the store (token text included) is HTML-escaped,
 and plotly's JSON is embedded with ``</`` escaped, so a prompt containing ``<script>`` is shown,
@@ -182,7 +182,7 @@ def _analysis_page(analysis: str, frame: pd.DataFrame, metrics: list[HeadMetric]
     for item in metrics:
         parts.append(embed(head_heatmap(item.values, item.label, item.metric)))
     if spec is not None and spec.figures is not None:
-        parts += [embed(figure) for figure in spec.figures(frame)]
+        parts += [embed(figure) for figure in spec.build_figures(frame)]
     else:  # no figures of its own: plot each model-level per-position profile
         profiles = frame[frame["layer"].isna() & frame["head"].isna() & frame["position"].notna()
                          & frame["example"].isna()]

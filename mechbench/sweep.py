@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +28,6 @@ from mechbench.analyses import ANALYSES
 from mechbench.config import ResourceRequest, RunConfig, StrictModel, SweepConfig, format_validation_error
 from mechbench.errors import ConfigError
 from mechbench.tasks.texts import load_texts
-
-#: Analyses whose ``texts`` option (with ``limit``) names the examples a task shard splits.
-TEXT_SHARDED = ("sinks", "patterns", "tappa")
-
-#: How a context length becomes options of each analysis that has one.
-CONTEXT_LENGTH_OPTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
-    "sinks": lambda length: {"max_tokens": length},
-    "patterns": lambda length: {"max_tokens": length},
-    "tappa": lambda length: {"max_tokens": length},
-    "retrieval": lambda length: {"min_length": length, "max_length": length, "n_lengths": 1},
-}
 
 #: Parameter counts of the registry models (the name of any other model is read for a size such as ``7B``).
 KNOWN_PARAMETERS: dict[str, float] = {
@@ -106,7 +95,9 @@ def _validated(analysis: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def check_sweep(sweep: SweepConfig, analyses: Sequence[str]) -> None:
     """Refuse shards or context lengths for analyses that are not run or cannot be split that way."""
-    for field, supported in (("shards", TEXT_SHARDED), ("context_lengths", tuple(CONTEXT_LENGTH_OPTIONS))):
+    sharded = tuple(name for name, spec in ANALYSES.items() if spec.text_sharded)
+    with_lengths = tuple(name for name, spec in ANALYSES.items() if spec.context_length_options is not None)
+    for field, supported in (("shards", sharded), ("context_lengths", with_lengths)):
         for name in getattr(sweep, field):
             if name not in analyses:
                 raise ConfigError(f"sweep.{field}.{name}: analysis {name!r} is not run in this sweep "
@@ -127,7 +118,9 @@ def expand_sweep(config: RunConfig, analyses: dict[str, StrictModel]) -> list[Sh
             for length in sweep.context_lengths.get(analysis) or [None]:
                 final = options.model_dump(mode="json")
                 if length is not None:
-                    final = _validated(analysis, {**final, **CONTEXT_LENGTH_OPTIONS[analysis](length)})
+                    length_options = ANALYSES[analysis].context_length_options
+                    assert length_options is not None  # check_sweep refused lengths for analyses without
+                    final = _validated(analysis, {**final, **length_options(length)})
                 shards += [Shard(shard_id(model, analysis, final, index, count, length), model, analysis, final,
                                  index, count, length) for index in range(count)]
     ids = [s.shard_id for s in shards]

@@ -376,13 +376,11 @@ def markup_frame() -> pd.DataFrame:
 
 
 def test_figures_escape_token_text_and_example_ids():
-    from mechbench import figures
+    from mechbench.analyses import ANALYSES
 
     frame = markup_frame()
-    built = (figures.attribution_figures(frame[frame["analysis"] == "attribution"])
-             + figures.distance_figures(frame[frame["analysis"] == "distance"])
-             + figures.patterns_figures(frame[frame["analysis"] == "patterns"])
-             + figures.sinks_figures(frame[frame["analysis"] == "sinks"]))
+    built = [figure for name in ("attribution", "distance", "patterns", "sinks")
+             for figure in ANALYSES[name].build_figures(frame[frame["analysis"] == name])]
     assert len(built) >= 5
     for figure in built:
         text = json.dumps(json.loads(figure.to_json()))  # to_json writes "<" as \u003c; read it back

@@ -138,7 +138,7 @@ def test_a_shard_of_an_analysis_that_cannot_split_is_refused(tmp_path):
     data = {"model": "toy-planted", "analyses": {"circuits": {}}, "sweep": {"models": ["toy-planted"],
                                                                           "shards": {"circuits": 2}}}
     with pytest.raises(ConfigError, match=r"^sweep\.shards\.circuits: circuits cannot be split by shards; analyses "
-                                        r"that can: sinks, patterns, tappa$"):
+                                        r"that can: patterns, sinks, tappa$"):
         expand_sweep(*parse_config(data))
 
 

@@ -1,24 +1,38 @@
-"""Analyses: one module each (pure metric functions + a runner), registered here for the CLI.
+"""Analyses: one package each, discovered by the registry.
 
-The registry is explicit: :func:`register_analysis` refuses duplicates, and the CLI's choices and
-help text come from it, so an analysis that is not registered cannot be half-visible.
+Every package ``mechbench/analyses/<name>/`` exports one :class:`AnalysisSpec` as ``SPEC``; so can
+any installed distribution, through the ``mechbench.analyses`` entry-point group (an entry point
+names a spec object, ``my_pkg.analysis:SPEC``). The CLI's choices and help, the sweep's tables and
+the docs' analysis list all come from :data:`ANALYSES`, so an analysis is added by adding its
+package, and one that is not registered cannot be half-visible.
+
+Importing this module loads no analysis and no plotting library: discovery runs on first use of
+:data:`ANALYSES`, and a spec's figures are imported only when they are drawn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import plotly.graph_objects as go
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
 
-from mechbench.config import StrictModel
-from mechbench.core.hooked import HookedModel
+    from mechbench.config import StrictModel
+    from mechbench.core.hooked import HookedModel
+
+#: Entry-point group through which other distributions add analyses.
+ENTRY_POINT_GROUP = "mechbench.analyses"
 
 
 @dataclass(frozen=True)
 class AnalysisSpec:
-    """What the CLI needs to know about an analysis."""
+    """Everything the CLI, the sweeps, the report and the docs need to know about an analysis."""
 
     name: str
     description: str
@@ -31,129 +45,93 @@ class AnalysisSpec:
     headline_position: int | None = None
     #: checks the options need no model for (e.g. the dataset exists and is not empty), run before loading
     check: Callable[[StrictModel], None] | None = None
-    #: the analysis's own figures for the report and notebooks (beyond the generic per-head heatmaps);
-    #: each takes the analysis's rows of one run and returns only non-empty figures
-    figures: Callable[[pd.DataFrame], list[go.Figure]] | None = None
+    #: module whose ``figures(frame)`` draws the analysis's own figures for the report and notebooks
+    #: (beyond the generic per-head heatmaps) from its rows of one run; imported only when drawing
+    figures: str | None = None
+    #: other names accepted for the analysis in configs and on the command line
+    aliases: tuple[str, ...] = ()
+    #: whether a sweep may split the analysis's ``texts`` (with ``limit``) into task shards
+    text_sharded: bool = False
+    #: how a sweep's context length becomes the analysis's options (None: it has no context length)
+    context_length_options: Callable[[int], dict[str, Any]] | None = None
 
     def headline_metric(self, written: Iterable[str]) -> str | None:
         """The first of :attr:`headline_metrics` among the metrics a run ``written`` (None if none is)."""
         present = set(written)
         return next((metric for metric in self.headline_metrics if metric in present), None)
 
+    def build_figures(self, frame: pd.DataFrame) -> list[go.Figure]:
+        """The analysis's own non-empty figures of ``frame`` (its rows of one run); none without a module."""
+        if self.figures is None:
+            return []
+        return list(importlib.import_module(self.figures).figures(frame))
 
-ANALYSES: dict[str, AnalysisSpec] = {}
+
+class Registry(MutableMapping[str, "AnalysisSpec"]):
+    """Analysis name → spec, filled on first use from the packages beside this module and the
+    ``mechbench.analyses`` entry points; aliases resolve to their analysis for lookups."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, AnalysisSpec] = {}
+        self._aliases: dict[str, str] = {}
+        self._discovered = False
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            if module.ispkg:
+                self.register(importlib.import_module(f"{__name__}.{module.name}").SPEC)
+        for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            self.register(entry.load())
+
+    def register(self, spec: AnalysisSpec) -> AnalysisSpec:
+        """Add an analysis; a name or alias that is already taken is an error."""
+        for name in (spec.name, *spec.aliases):
+            if name in self._specs or name in self._aliases:
+                raise ValueError(f"analysis {name!r} is already registered")
+        self._specs[spec.name] = spec
+        self._aliases.update((alias, spec.name) for alias in spec.aliases)
+        return spec
+
+    def canonical(self, name: str) -> str:
+        """The analysis's own name for ``name`` (itself, or the analysis an alias stands for)."""
+        self._discover()
+        return self._aliases.get(name, name)
+
+    def __getitem__(self, name: str) -> AnalysisSpec:
+        return self._specs[self.canonical(name)]
+
+    def __setitem__(self, name: str, spec: AnalysisSpec) -> None:
+        self._discover()
+        self._specs[self.canonical(name)] = spec
+
+    def __delitem__(self, name: str) -> None:
+        self._discover()
+        del self._specs[self.canonical(name)]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.canonical(name) in self._specs
+
+    def __iter__(self) -> Iterator[str]:
+        self._discover()
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        self._discover()
+        return len(self._specs)
+
+
+ANALYSES = Registry()
 
 
 def register_analysis(spec: AnalysisSpec) -> AnalysisSpec:
     """Add an analysis to the registry; a second registration of the same name is an error."""
-    if spec.name in ANALYSES:
-        raise ValueError(f"analysis {spec.name!r} is already registered")
-    ANALYSES[spec.name] = spec
-    return spec
+    ANALYSES.canonical(spec.name)  # discover first, so that a clash with a built-in one is found
+    return ANALYSES.register(spec)
 
 
 def unknown_analysis_message(name: str) -> str:
     """The one-line explanation for an analysis name that is not registered."""
     return f"unknown analysis {name!r}; available: {', '.join(sorted(ANALYSES))}"
-
-
-def _register_builtin() -> None:
-    from mechbench import figures
-    from mechbench.analyses import attribution, circuits, distance, patterns, retrieval, sinks, speech, tappa
-
-    register_analysis(AnalysisSpec(
-        name=sinks.ANALYSIS,
-        description="attention sinks: sink scores and rate, hidden sinks, massive activations, ACT calibration, "
-                    "StreamingLLM cache check",
-        citation="Gu et al. 2024, When Attention Sink Emerges in Language Models (arXiv 2410.10781)",
-        config_model=sinks.SinksConfig,
-        run=sinks.run_sinks_from_config,
-        headline_metrics=("sink_score_mean",),
-        headline_position=0,
-        check=sinks.check_config,
-        figures=figures.sinks_figures,
-    ))
-    register_analysis(AnalysisSpec(
-        name=retrieval.ANALYSIS,
-        description="retrieval-head scores per head from needle-in-a-haystack copy-paste events",
-        citation="Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality (arXiv 2404.15574)",
-        config_model=retrieval.RetrievalConfig,
-        run=retrieval.run_retrieval_from_config,
-        headline_metrics=("retrieval_score",),
-        check=retrieval.check_config,
-        figures=figures.retrieval_figures,
-    ))
-    register_analysis(AnalysisSpec(
-        name=distance.ANALYSIS,
-        description="local vs global heads by attention span; WAAD and FAI along a reasoning response, their peaks "
-                    "and how they couple",
-        citation="Li et al. 2025, Attention Illuminates LLM Reasoning: The Preplan-and-Anchor Rhythm Enables "
-                 "Fine-Grained Policy Optimization (arXiv 2510.13554)",
-        config_model=distance.DistanceConfig,
-        run=distance.run_distance_from_config,
-        headline_metrics=("head_span",),
-        check=distance.check_config,
-        figures=figures.distance_figures,
-    ))
-    register_analysis(AnalysisSpec(
-        name=patterns.ANALYSIS,
-        description="whole attention patterns of a few short prompts, for the attention explorer",
-        citation="attention weights softmax(QK^T/sqrt(d)) as recorded at hook_pattern",
-        config_model=patterns.PatternsConfig,
-        run=patterns.run_patterns_from_config,
-        headline_metrics=(),
-        check=patterns.check_config,
-        figures=figures.patterns_figures,
-    ))
-    register_analysis(AnalysisSpec(
-        name=circuits.ANALYSIS,
-        description="circuit discovery on clean/corrupt pair tasks (IOI, Colored Objects): activation and "
-                    "attribution patching, direct logit attribution, path patching, EAP / EAP-IG; circuits, "
-                    "faithfulness and overlap across tasks with a permutation baseline",
-        citation="Merullo, Eickhoff, Pavlick 2024, Circuit Component Reuse Across Tasks in Transformer Language "
-                 "Models (arXiv 2310.08744); Wang et al. 2022 (arXiv 2211.00593)",
-        config_model=circuits.CircuitsConfig,
-        run=circuits.run_circuits_from_config,
-        headline_metrics=("act_patch_noising", "act_patch_denoising", "attr_patch", "path_patch", "dla"),
-        check=circuits.check_config,
-        figures=figures.circuits_figures,
-    ))
-    register_analysis(AnalysisSpec(
-        name=attribution.ANALYSIS,
-        description="attention vs input attribution: saliency, input x gradient, integrated gradients and occlusion "
-                    "against per-head / per-layer / all-layer / rollout attention (correlations, top-k overlap, "
-                    "deletion and insertion curves), and grounding shares on cited passages",
-        citation="Papi et al. 2025, Cross-Attention is Half Explanation in Speech-to-Text Models (arXiv 2509.18010); "
-                 "Pandya 2026, XKD-Dial (arXiv 2603.18911); Sundararajan et al. 2017 (integrated gradients)",
-        config_model=attribution.AttributionConfig,
-        run=attribution.run_attribution_from_config,
-        headline_metrics=("pearson", "grounding_share"),
-        check=attribution.check_config,
-        figures=figures.attribution_figures,
-    ))
-    register_analysis(AnalysisSpec(
-        name=speech.ANALYSIS,
-        description="speech-to-text (Whisper): cross-attention per head / layer / all layers vs gradient and "
-                    "occlusion saliency of the log-mel input, pooled to the encoder frames; word error rate",
-        citation="Papi et al. 2025, Cross-Attention is Half Explanation in Speech-to-Text Models (arXiv 2509.18010)",
-        config_model=speech.SpeechConfig,
-        run=speech.run_speech_from_config,
-        headline_metrics=("xattn_saliency_pearson",),
-        check=speech.check_config,
-        figures=figures.speech_figures,
-    ))
-    register_analysis(AnalysisSpec(
-        name=tappa.ANALYSIS,
-        description="TAPPA query self-similarity per head and layer, pattern types and their relation to it, RoPE "
-                    "frequency bands, and q-sim-driven KV budgets and layer pruning scored by loss",
-        citation="Yang et al. 2026, Why Attention Patterns Exist: A Unifying Temporal Perspective Analysis "
-                 "(ICLR 2026, arXiv 2601.21709)",
-        config_model=tappa.TappaConfig,
-        run=tappa.run_tappa_from_config,
-        headline_metrics=("q_similarity",),
-        check=tappa.check_config,
-        figures=figures.tappa_figures,
-    ))
-
-
-_register_builtin()

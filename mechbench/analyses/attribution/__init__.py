@@ -51,6 +51,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechbench.analyses import AnalysisSpec
 from mechbench.config import Seed, StrictModel
 from mechbench.core.dataset import Batch, TokenDataset, iter_batches
 from mechbench.core.embeddings import frozen_parameters, mean_embedding, run_from_embeddings, token_embeddings
@@ -756,3 +757,18 @@ def run_attribution_from_config(model: HookedModel, config: AttributionConfig, p
     if config.grounding is not None:
         examples += grounding_examples(model, load_grounded(config.grounding, config.limit))
     return run_attribution(model, examples, config, progress)
+
+
+SPEC = AnalysisSpec(
+    name=ANALYSIS,
+    description="attention vs input attribution: saliency, input x gradient, integrated gradients and occlusion "
+                "against per-head / per-layer / all-layer / rollout attention (correlations, top-k overlap, "
+                "deletion and insertion curves), and grounding shares on cited passages",
+    citation="Papi et al. 2025, Cross-Attention is Half Explanation in Speech-to-Text Models (arXiv 2509.18010); "
+             "Pandya 2026, XKD-Dial (arXiv 2603.18911); Sundararajan et al. 2017 (integrated gradients)",
+    config_model=AttributionConfig,
+    run=run_attribution_from_config,
+    headline_metrics=("pearson", "grounding_share"),
+    check=check_config,
+    figures="mechbench.analyses.attribution.figures",
+)

@@ -43,6 +43,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechbench.analyses import AnalysisSpec
 from mechbench.config import Seed, StrictModel
 from mechbench.core import patching
 from mechbench.core.hooked import HookedModel
@@ -780,3 +781,18 @@ def run_circuits_from_config(model: HookedModel, config: CircuitsConfig, progres
     """Runner used by the CLI: build the tasks for the model, then :func:`run_circuits`."""
     check_config(config)
     return run_circuits(model, load_tasks(model, config), config, progress)
+
+
+SPEC = AnalysisSpec(
+    name=ANALYSIS,
+    description="circuit discovery on clean/corrupt pair tasks (IOI, Colored Objects): activation and "
+                "attribution patching, direct logit attribution, path patching, EAP / EAP-IG; circuits, "
+                "faithfulness and overlap across tasks with a permutation baseline",
+    citation="Merullo, Eickhoff, Pavlick 2024, Circuit Component Reuse Across Tasks in Transformer Language "
+             "Models (arXiv 2310.08744); Wang et al. 2022 (arXiv 2211.00593)",
+    config_model=CircuitsConfig,
+    run=run_circuits_from_config,
+    headline_metrics=("act_patch_noising", "act_patch_denoising", "attr_patch", "path_patch", "dla"),
+    check=check_config,
+    figures="mechbench.analyses.circuits.figures",
+)

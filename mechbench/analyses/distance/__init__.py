@@ -42,6 +42,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechbench.analyses import AnalysisSpec
 from mechbench.config import Seed, StrictModel
 from mechbench.core.dataset import TokenDataset
 from mechbench.core.decoding import greedy_decode
@@ -544,3 +545,17 @@ def run_distance_from_config(model: HookedModel, config: DistanceConfig, progres
         transcripts = generate_transcripts(model, load_problems(config.problems, config.limit),
                                            config.max_new_tokens, config.template, progress)
     return run_distance(model, transcripts, config, progress)
+
+
+SPEC = AnalysisSpec(
+    name=ANALYSIS,
+    description="local vs global heads by attention span; WAAD and FAI along a reasoning response, their peaks "
+                "and how they couple",
+    citation="Li et al. 2025, Attention Illuminates LLM Reasoning: The Preplan-and-Anchor Rhythm Enables "
+             "Fine-Grained Policy Optimization (arXiv 2510.13554)",
+    config_model=DistanceConfig,
+    run=run_distance_from_config,
+    headline_metrics=("head_span",),
+    check=check_config,
+    figures="mechbench.analyses.distance.figures",
+)

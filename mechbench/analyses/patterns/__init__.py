@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from mechbench.analyses import AnalysisSpec
 from mechbench.config import StrictModel
 from mechbench.core.dataset import Batch
 from mechbench.core.hooked import HookedModel
@@ -102,3 +103,16 @@ def run_patterns_from_config(model: HookedModel, config: PatternsConfig, progres
     return run_patterns(model, texts, example_ids=ids, max_tokens=config.max_tokens, layers=config.layers,
                         prepend_bos=config.prepend_bos, progress=progress)
 
+
+SPEC = AnalysisSpec(
+    name=ANALYSIS,
+    description="whole attention patterns of a few short prompts, for the attention explorer",
+    citation="attention weights softmax(QK^T/sqrt(d)) as recorded at hook_pattern",
+    config_model=PatternsConfig,
+    run=run_patterns_from_config,
+    headline_metrics=(),
+    check=check_config,
+    figures="mechbench.analyses.patterns.figures",
+    text_sharded=True,
+    context_length_options=lambda length: {"max_tokens": length},
+)

@@ -34,6 +34,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechbench.analyses import AnalysisSpec
 from mechbench.config import StrictModel
 from mechbench.core.decoding import Decoding, greedy_decode
 from mechbench.core.hooked import HookedModel
@@ -334,3 +335,16 @@ def run_retrieval_from_config(model: HookedModel, config: RetrievalConfig, progr
     return run_retrieval(model, trials, max_new_tokens=config.max_new_tokens, stop=stop_ids(model),
                          use_kv_cache=config.use_kv_cache, masking=config.masking, progress=progress,
                          attention=config.attention)
+
+
+SPEC = AnalysisSpec(
+    name=ANALYSIS,
+    description="retrieval-head scores per head from needle-in-a-haystack copy-paste events",
+    citation="Wu et al. 2024, Retrieval Head Mechanistically Explains Long-Context Factuality (arXiv 2404.15574)",
+    config_model=RetrievalConfig,
+    run=run_retrieval_from_config,
+    headline_metrics=("retrieval_score",),
+    check=check_config,
+    figures="mechbench.analyses.retrieval.figures",
+    context_length_options=lambda length: {"min_length": length, "max_length": length, "n_lengths": 1},
+)

@@ -37,6 +37,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechbench.analyses import AnalysisSpec
 from mechbench.config import StrictModel
 from mechbench.core.dataset import TokenDataset
 from mechbench.core.fused import AttentionView, Streaming
@@ -548,3 +549,19 @@ def run_sinks_from_config(model: HookedModel, config: SinksConfig, progress: boo
         parts.append(run_streaming(model, stream.tokens[0], start_size=block.start_size,
                                    recent_size=block.recent_size, token_texts=stream.token_texts[0]))
     return pd.concat(parts, ignore_index=True)
+
+
+SPEC = AnalysisSpec(
+    name=ANALYSIS,
+    description="attention sinks: sink scores and rate, hidden sinks, massive activations, ACT calibration, "
+                "StreamingLLM cache check",
+    citation="Gu et al. 2024, When Attention Sink Emerges in Language Models (arXiv 2410.10781)",
+    config_model=SinksConfig,
+    run=run_sinks_from_config,
+    headline_metrics=("sink_score_mean",),
+    headline_position=0,
+    check=check_config,
+    figures="mechbench.analyses.sinks.figures",
+    text_sharded=True,
+    context_length_options=lambda length: {"max_tokens": length},
+)

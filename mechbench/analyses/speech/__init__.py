@@ -38,6 +38,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechbench.analyses import AnalysisSpec
 from mechbench.config import StrictModel
 from mechbench.core.audio import SAMPLE_RATE, read_wav, synthesize
 from mechbench.core.hooked import HookedModel
@@ -316,3 +317,16 @@ def run_speech(model: HookedModel, utterances: Sequence[Utterance], config: Spee
 def run_speech_from_config(model: HookedModel, config: SpeechConfig, progress: bool = True) -> pd.DataFrame:
     """Runner used by the CLI: load the utterances, then :func:`run_speech`."""
     return run_speech(model, load_utterances(config.utterances, config.limit), config, progress)
+
+
+SPEC = AnalysisSpec(
+    name=ANALYSIS,
+    description="speech-to-text (Whisper): cross-attention per head / layer / all layers vs gradient and "
+                "occlusion saliency of the log-mel input, pooled to the encoder frames; word error rate",
+    citation="Papi et al. 2025, Cross-Attention is Half Explanation in Speech-to-Text Models (arXiv 2509.18010)",
+    config_model=SpeechConfig,
+    run=run_speech_from_config,
+    headline_metrics=("xattn_saliency_pearson",),
+    check=check_config,
+    figures="mechbench.analyses.speech.figures",
+)

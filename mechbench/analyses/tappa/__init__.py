@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor
 
+from mechbench.analyses import AnalysisSpec
 from mechbench.config import StrictModel
 from mechbench.core.dataset import TokenDataset
 from mechbench.core.fused import AttentionView, Streaming
@@ -942,3 +943,19 @@ def run_tappa_from_config(model: HookedModel, config: TappaConfig, progress: boo
     """Runner used by the CLI: load and tokenise the texts, then :func:`run_tappa`."""
     check_config(config)
     return run_tappa(model, text_dataset(model, config), config, progress)
+
+
+SPEC = AnalysisSpec(
+    name=ANALYSIS,
+    description="TAPPA query self-similarity per head and layer, pattern types and their relation to it, RoPE "
+                "frequency bands, and q-sim-driven KV budgets and layer pruning scored by loss",
+    citation="Yang et al. 2026, Why Attention Patterns Exist: A Unifying Temporal Perspective Analysis "
+             "(ICLR 2026, arXiv 2601.21709)",
+    config_model=TappaConfig,
+    run=run_tappa_from_config,
+    headline_metrics=("q_similarity",),
+    check=check_config,
+    figures="mechbench.analyses.tappa.figures",
+    text_sharded=True,
+    context_length_options=lambda length: {"max_tokens": length},
+)

@@ -1,0 +1,28 @@
+"""The circuits analysis's own figures for the report and notebooks (beyond the per-head heatmaps)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from mechbench import plots
+from mechbench.plots import rows_of
+
+
+def figures(frame: pd.DataFrame) -> list[go.Figure]:
+    """Attribution vs activation patching, the edge circuit of each task, overlap vs its baseline."""
+    out = []
+    scores = frame[frame["metric"].isin(["act_patch_noising", "attr_patch"])]
+    if set(scores["metric"]) == {"act_patch_noising", "attr_patch"}:
+        out.append(plots.method_scatter(scores, "act_patch_noising", "attr_patch",
+                                        "Attribution vs activation patching (per node)"))
+    edge_metric = "eap_ig" if (frame["metric"] == "eap_ig").any() else "eap"
+    edges = rows_of(frame, edge_metric)
+    for task in sorted(edges["task"].dropna().unique()):
+        out.append(plots.circuit_graph(edges[edges["task"] == task], f"{edge_metric} circuit — {task}"))
+    overlaps = frame[frame["metric"].isin(["overlap_a", "overlap_b", "jaccard"])]
+    if "head_class" in overlaps:
+        overlaps = overlaps[overlaps["head_class"].isna()]
+    if not overlaps.empty:
+        out.append(plots.overlap_bars(overlaps, "Circuit overlap vs permutation baseline"))
+    return out

@@ -1,0 +1,15 @@
+"""The patterns analysis's own figures for the report and notebooks (beyond the per-head heatmaps)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from mechbench import plots
+from mechbench.plots import rows_of
+
+
+def figures(frame: pd.DataFrame) -> list[go.Figure]:
+    """One attention explorer per example (a slider over every head)."""
+    rows = rows_of(frame, "attention")
+    return [plots.attention_explorer(rows, str(example)) for example in rows["example"].drop_duplicates()]
