@@ -16,6 +16,23 @@ def test_local_directory_loads_with_architecture_facts(tiny_llama, tiny_llama_di
     assert a.n_ctx == 64
 
 
+def test_rope_base_is_the_models_own_rope_theta(tmp_path):
+    """The RoPE base comes from the Hugging Face config the bridge runs (TransformerLens' ``rotary_base``
+    says 10000 whatever the model's ``rope_theta``)."""
+    from conftest import build_word_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_word_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
+                         rope_theta=123456.0, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    architecture = load_model(str(tmp_path)).architecture
+    assert architecture.rotary_base == 123456.0
+    assert architecture.rotated_dims == 16 and not architecture.rotary_adjacent_pairs
+
+
 def test_bridge_logits_match_plain_transformers(tiny_llama, tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 

@@ -61,10 +61,20 @@ class Architecture:
     positional: str
     causal: bool
     has_cross_attention: bool
+    #: RoPE: rotated dimensions of a head (None: all of ``d_head``), base of the frequencies, and whether
+    #: rotated pairs are adjacent channels (GPT-J style) rather than the two halves (Llama style)
+    rotary_dim: int | None = None
+    rotary_base: float = 10000.0
+    rotary_adjacent_pairs: bool = False
 
     @property
     def uses_rope(self) -> bool:
         return self.positional == "rotary"
+
+    @property
+    def rotated_dims(self) -> int:
+        """Channels of a head that RoPE rotates (``d_head`` unless the model rotates only part)."""
+        return self.rotary_dim or self.d_head
 
 
 class HookedModel:
@@ -116,6 +126,10 @@ class HookedModel:
         return self._fingerprint
 
     # ------------------------------------------------------------------ sites
+    def has_hook(self, name: str) -> bool:
+        """Whether the model exposes a hook point of that (TransformerLens) name."""
+        return name in self.bridge.hook_dict
+
     def hook_name(self, site: str, layer: int) -> str:
         """The TransformerLens hook name of ``site`` at ``layer`` (e.g. ``blocks.3.attn.hook_pattern``)."""
         if site not in SITES:

@@ -27,6 +27,17 @@ def unknown_model_error(spec: str, hub_failure: str | None = None) -> UnknownMod
                              "local Hugging Face directory or a Hub name (see `mechbench models`)")
 
 
+def _rope_base(bridge: Any) -> float:
+    """RoPE's frequency base: the wrapped Hugging Face model's ``rope_theta`` where it states one (the
+    bridge runs that model's rotary embedding; TransformerLens' ``rotary_base`` reads 10000 for SmolLM2,
+    whose ``rope_theta`` is 100000), else the bridge config's ``rotary_base``."""
+    hf_config = getattr(getattr(bridge, "original_model", None), "config", None)
+    parameters = getattr(hf_config, "rope_parameters", None)
+    theta = parameters.get("rope_theta") if isinstance(parameters, dict) else None
+    theta = theta or getattr(hf_config, "rope_theta", None) or getattr(bridge.cfg, "rotary_base", None)
+    return float(theta or 10000)
+
+
 def architecture_of(bridge: Any) -> Architecture:
     """Read the architecture facts mechbench relies on from a TransformerBridge config."""
     cfg = bridge.cfg
@@ -36,7 +47,10 @@ def architecture_of(bridge: Any) -> Architecture:
     return Architecture(
         n_layers=int(cfg.n_layers), n_heads=n_heads, n_kv_heads=int(n_kv), d_head=int(cfg.d_head),
         d_model=int(cfg.d_model), n_ctx=int(cfg.n_ctx), positional=str(cfg.positional_embedding_type),
-        causal=not bidirectional, has_cross_attention=False)
+        causal=not bidirectional, has_cross_attention=False,
+        rotary_dim=getattr(cfg, "rotary_dim", None) or None,
+        rotary_base=_rope_base(bridge),
+        rotary_adjacent_pairs=bool(getattr(cfg, "rotary_adjacent_pairs", False)))
 
 
 def wrap_bridge(bridge: Any, name: str, source: str | None = None) -> HookedModel:
