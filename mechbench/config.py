@@ -118,8 +118,12 @@ def parse_config(data: Any, where: str = "<dict>") -> tuple[RunConfig, dict[str,
     for name, options in run.analyses.items():
         if name not in ANALYSES:
             raise ConfigError(f"invalid config {where}: analyses.{name}: {unknown_analysis_message(name)}")
+        canonical = ANALYSES.canonical(name)
+        if canonical in blocks:
+            raise ConfigError(f"invalid config {where}: analyses.{name}: {name!r} and {canonical!r} name the same "
+                              "analysis; keep one block")
         try:
-            blocks[name] = ANALYSES[name].config_model.model_validate({} if options is None else options)
+            blocks[canonical] = ANALYSES[name].config_model.model_validate({} if options is None else options)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, where, prefix=f"analyses.{name}")) from None
     return run, blocks

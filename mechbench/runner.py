@@ -66,6 +66,7 @@ def resolve_request(config_path: Path | None, analyses: list[str], model: str | 
     for name in analyses:
         if name not in ANALYSES:
             raise ConfigError(unknown_analysis_message(name))
+    analyses = [ANALYSES.canonical(name) for name in analyses]  # an alias (distance) runs its analysis
     chosen = {name: blocks.get(name) or ANALYSES[name].config_model() for name in analyses} if analyses else blocks
     if not chosen:
         raise ConfigError("nothing to run: name analyses on the command line or under `analyses:` in the config "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,4 +49,38 @@ def complete_columns(frame: pd.DataFrame, ints: Sequence[str] = (), texts: Seque
     for column in texts:
         if column not in frame:
             frame[column] = None
+    return frame
+
+
+@dataclass(frozen=True)
+class ExtraColumns:
+    """An analysis's own columns beyond the core schema, and their dtypes (declared in its ``SPEC``)."""
+
+    #: nullable ``Int64`` where present (counts, indices)
+    ints: tuple[str, ...] = ()
+    #: nullable ``boolean`` where present (flags)
+    booleans: tuple[str, ...] = ()
+    #: added (all-null) when no row set them, so that runs with different options write the same columns
+    always: tuple[str, ...] = ()
+
+
+def finish_rows(frame: pd.DataFrame, analysis: str, model: str, columns: ExtraColumns = ExtraColumns()
+                ) -> pd.DataFrame:
+    """The one finishing step of every runner: stamp ``analysis`` and ``model`` on every row and give the
+    core columns (``docs/store.md``) and the analysis's own ``columns`` the dtypes the store keeps, so a
+    runner's frame and the store's read of it have the same dtypes."""
+    from mechbench.store.schema import CORE_COLUMNS  # here: the store package loads pyarrow
+
+    for column in columns.always:
+        if column not in frame:
+            frame[column] = pd.NA if column in columns.ints else None
+    for names, dtype in ((columns.ints, "Int64"), (columns.booleans, "boolean")):
+        for column in names:
+            if column in frame:
+                frame[column] = frame[column].astype(dtype)
+    frame["analysis"] = analysis
+    frame["model"] = model
+    for column, dtype in CORE_COLUMNS.items():
+        if column in frame:
+            frame[column] = frame[column].astype(dtype)
     return frame
