@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from mechbench import plots
+from mechbench.analyses.attribution.rows import ATTENTION, ATTRIBUTION, DELETION, GROUNDING_SHARE, PEARSON
 from mechbench.plots import rows_of
 
 
@@ -17,28 +18,28 @@ def figures(frame: pd.DataFrame) -> list[go.Figure]:
         return out
     example = frame["example"].dropna().iloc[0]
     rows = frame[frame["example"] == example]
-    tokens = pd.concat([rows_of(rows, "attribution").assign(row=lambda f: f["method"]),
-                        rows[(rows["metric"] == "attention") & rows["view"].isin(["all", "rollout"])]
+    tokens = pd.concat([rows_of(rows, ATTRIBUTION).assign(row=lambda f: f["method"]),
+                        rows[(rows["metric"] == ATTENTION) & rows["view"].isin(["all", "rollout"])]
                         .assign(row=lambda f: "attention " + f["view"])])
     if not tokens.empty:
         out.append(plots.token_heatmap(tokens, f"Attribution and attention on {example!r}", row="row"))
     prompt = frame[(frame["segment"] == "prompt") & (frame["position"] > 0)]
-    attention = prompt[(prompt["metric"] == "attention") & (prompt["view"] == "all")]
-    gradients = prompt[(prompt["metric"] == "attribution") & (prompt["method"] == "integrated_gradients")]
+    attention = prompt[(prompt["metric"] == ATTENTION) & (prompt["view"] == "all")]
+    gradients = prompt[(prompt["metric"] == ATTRIBUTION) & (prompt["method"] == "integrated_gradients")]
     if not attention.empty and not gradients.empty:
         columns = ["example", "position", "token", "value"]
         out.append(plots.attention_scatter(attention[columns], gradients[columns], "All-layer attention vs |IG|"))
-    pearson = rows_of(frame, "pearson")
+    pearson = rows_of(frame, PEARSON)
     if not pearson.empty:
         out.append(plots.correlation_table(pearson, "Attention vs attribution (Pearson r)"))
         by_layer = pearson[pearson["view"] == "layer"].groupby(["layer", "method"], as_index=False)["value"].mean()
         if not by_layer.empty:
             out.append(plots.grouped_bars(by_layer, "layer", "method", "Per-layer attention vs attribution",
                                           "mean Pearson r"))
-    deletion = rows_of(frame, "deletion")
+    deletion = rows_of(frame, DELETION)
     if not deletion.empty:
         out.append(plots.perturbation_curves(deletion, "Deletion curves (mean over examples)", "target"))
-    shares = rows_of(frame, "grounding_share")
+    shares = rows_of(frame, GROUNDING_SHARE)
     if not shares.empty:
         shares = shares[shares["cited"].fillna(False).astype(bool)]
         shares = shares[shares["view"].isin(["all", "rollout"]) | shares["method"].notna()]

@@ -6,21 +6,22 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from mechbench import plots
+from mechbench.analyses.circuits.rows import ACT_PATCH_NOISING, ATTR_PATCH, EAP, EAP_IG, OVERLAP_METRICS
 from mechbench.plots import rows_of
 
 
 def figures(frame: pd.DataFrame) -> list[go.Figure]:
     """Attribution vs activation patching, the edge circuit of each task, overlap vs its baseline."""
     out = []
-    scores = frame[frame["metric"].isin(["act_patch_noising", "attr_patch"])]
-    if set(scores["metric"]) == {"act_patch_noising", "attr_patch"}:
-        out.append(plots.method_scatter(scores, "act_patch_noising", "attr_patch",
+    scores = frame[frame["metric"].isin([ACT_PATCH_NOISING, ATTR_PATCH])]
+    if set(scores["metric"]) == {ACT_PATCH_NOISING, ATTR_PATCH}:
+        out.append(plots.method_scatter(scores, ACT_PATCH_NOISING, ATTR_PATCH,
                                         "Attribution vs activation patching (per node)"))
-    edge_metric = "eap_ig" if (frame["metric"] == "eap_ig").any() else "eap"
+    edge_metric = EAP_IG if (frame["metric"] == EAP_IG).any() else EAP
     edges = rows_of(frame, edge_metric)
     for task in sorted(edges["task"].dropna().unique()):
         out.append(plots.circuit_graph(edges[edges["task"] == task], f"{edge_metric} circuit — {task}"))
-    overlaps = frame[frame["metric"].isin(["overlap_a", "overlap_b", "jaccard"])]
+    overlaps = frame[frame["metric"].isin(list(OVERLAP_METRICS))]
     if "head_class" in overlaps:
         overlaps = overlaps[overlaps["head_class"].isna()]
     if not overlaps.empty:
