@@ -8,8 +8,10 @@ import plotly.graph_objects as go
 from mechbench import plots
 from mechbench.plots import rows_of
 
+from .rows import METRIC
+
 
 def figures(frame: pd.DataFrame) -> list[go.Figure]:
     """One attention explorer per example (a slider over every head)."""
-    rows = rows_of(frame, "attention")
+    rows = rows_of(frame, METRIC)
     return [plots.attention_explorer(rows, str(example)) for example in rows["example"].drop_duplicates()]
