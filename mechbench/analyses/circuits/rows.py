@@ -11,6 +11,7 @@ from torch import Tensor
 
 from mechbench.analyses.circuits.metrics import JACCARD, OVERLAP_A, OVERLAP_B, overlap_permutation_test
 from mechbench.core.patching import Node
+from mechbench.core.tidy import ExtraColumns
 from mechbench.tasks.circuit_tasks import PairTokens
 
 ANALYSIS = "circuits"
@@ -109,14 +110,7 @@ def overlap_rows(circuits: Mapping[str, set[str]], universe: Sequence[str], n_pe
     return pd.DataFrame(rows)
 
 
-def typed_frame(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """All rows of a run in one frame, with nullable integer and boolean columns."""
-    frame = pd.concat(frames, ignore_index=True)
-    for column in ("layer", "head", "stage", "circuit_size", "n_examples", "size_a", "size_b", "size_both",
-                   "n_universe", "n_permutations"):
-        if column in frame:
-            frame[column] = frame[column].astype("Int64")
-    for column in ("in_circuit", "in_stage_circuit"):
-        if column in frame:
-            frame[column] = frame[column].astype("boolean")
-    return frame
+#: The analysis's own columns and their dtypes.
+COLUMNS = ExtraColumns(ints=("stage", "circuit_size", "n_examples", "size_a", "size_b", "size_both", "n_universe",
+                             "n_permutations"),
+                       booleans=("in_circuit", "in_stage_circuit"))

@@ -26,6 +26,7 @@ from mechbench.analyses.circuits.rows import (
     ACT_PATCH,
     ANALYSIS,
     ATTR_PATCH,
+    COLUMNS,
     DLA,
     EAP,
     EAP_IG,
@@ -36,11 +37,11 @@ from mechbench.analyses.circuits.rows import (
     member_rows,
     overlap_rows,
     stage_rows,
-    typed_frame,
 )
 from mechbench.core import patching
 from mechbench.core.hooked import HookedModel
 from mechbench.core.patching import Node
+from mechbench.core.tidy import finish_rows
 from mechbench.tasks.circuit_tasks import PairTokens, make_task, tokenize_pairs
 
 
@@ -169,11 +170,9 @@ def run_circuits(model: HookedModel, tasks: Sequence[PairTokens], config: Circui
         for name in sorted(shared):
             frames.append(overlap_rows({t: c[name] for t, c in classes.items()}, universe, config.n_permutations,
                                        config.seed, head_class=name))
-    frame = typed_frame(frames)
-    frame["analysis"] = ANALYSIS
-    frame["model"] = model.name
+    frame = pd.concat(frames, ignore_index=True)
     frame["rule"], frame["rule_value"] = config.rule, config.rule_value
-    return frame
+    return finish_rows(frame, ANALYSIS, model.name, COLUMNS)
 
 
 def load_tasks(model: HookedModel, config: CircuitsConfig) -> list[PairTokens]:

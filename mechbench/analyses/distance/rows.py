@@ -10,9 +10,12 @@ from torch import Tensor
 
 from mechbench.analyses.distance.metrics import Head, find_peaks, near, random_positions
 from mechbench.core.dataset import TokenDataset
-from mechbench.core.tidy import to_tidy
+from mechbench.core.tidy import ExtraColumns, to_tidy
 
 ANALYSIS = "distance"
+#: The analysis's own columns and their dtypes.
+COLUMNS = ExtraColumns(ints=("response_position", "n_examples", "n_heads", "n_events", "n_random", "prompt_length",
+                             "window", "h_lo", "h_hi"), booleans=("is_peak", "receiver"))
 HEAD_SPAN = "head_span"
 RECEIVER_SCORE = "receiver_score"
 WAAD = "waad"

@@ -14,6 +14,7 @@ from mechbench.analyses.distance.metrics import _group_mean, kurtosis, split_hea
 from mechbench.analyses.distance.reducers import DistanceReducer
 from mechbench.analyses.distance.rows import (
     ANALYSIS,
+    COLUMNS,
     ENTROPY,
     FAI,
     WAAD,
@@ -27,6 +28,7 @@ from mechbench.core.decoding import greedy_decode
 from mechbench.core.hooked import HookedModel
 from mechbench.core.limits import check_context, check_layers
 from mechbench.core.recorder import ATTENTION, Recorder
+from mechbench.core.tidy import finish_rows
 from mechbench.errors import ConfigError, DatasetError
 from mechbench.stats import ranked_heads
 from mechbench.tasks.niah import Template
@@ -144,15 +146,8 @@ def run_distance(model: HookedModel, transcripts: Sequence[Transcript], config: 
                                 follow_window=config.follow_window, n_random=config.n_random,
                                 generator=torch.Generator().manual_seed(config.seed))]
     frame = pd.concat(rows, ignore_index=True)
-    for column in ("layer", "head", "position", "response_position", "n_examples", "n_heads", "n_events",
-                   "n_random", "prompt_length", "window", "h_lo", "h_hi"):
-        frame[column] = frame[column].astype("Int64")
-    for column in ("is_peak", "receiver"):
-        frame[column] = frame[column].astype("boolean")
     frame["local_frac"], frame["global_frac"] = config.local_frac, config.global_frac
-    frame["analysis"] = ANALYSIS
-    frame["model"] = model.name
-    return frame
+    return finish_rows(frame, ANALYSIS, model.name, COLUMNS)
 
 
 def run_distance_from_config(model: HookedModel, config: DistanceConfig, progress: bool = True) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from mechbench.core.dataset import Batch
 from mechbench.core.hooked import HookedModel
 from mechbench.core.limits import check_layers
 from mechbench.core.recorder import Recorder
+from mechbench.core.tidy import finish_rows
 from mechbench.tasks.texts import load_texts
 
 from .config import PatternsConfig
@@ -37,10 +38,8 @@ def run_patterns(model: HookedModel, texts: Sequence[str], *, example_ids: Seque
                                                          description="attention patterns")
     frame = pd.concat(parts, ignore_index=True)
     frame["metric"] = METRIC
-    frame["analysis"] = ANALYSIS
-    frame["model"] = model.name
-    return frame.sort_values(["example", "layer", "head", "position", "key_position"], kind="stable",
-                             ignore_index=True)
+    return finish_rows(frame, ANALYSIS, model.name).sort_values(
+        ["example", "layer", "head", "position", "key_position"], kind="stable", ignore_index=True)
 
 
 def run_patterns_from_config(model: HookedModel, config: PatternsConfig, progress: bool = True) -> pd.DataFrame:

@@ -8,9 +8,11 @@ import pandas as pd
 import torch
 
 from mechbench.analyses.retrieval.metrics import TrialResult, retrieval_scores
-from mechbench.core.tidy import to_tidy
+from mechbench.core.tidy import ExtraColumns, to_tidy
 
 ANALYSIS = "retrieval"
+#: The analysis's own columns and their dtypes.
+COLUMNS = ExtraColumns(ints=("n_trials", "context_length", "depth", "k", "draw"), booleans=("success",))
 RETRIEVAL_SCORE = "retrieval_score"
 TRIAL_RETRIEVAL_SCORE = "trial_retrieval_score"
 NIAH_SUCCESS = "niah_success"

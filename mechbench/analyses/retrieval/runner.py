@@ -19,11 +19,12 @@ from mechbench.analyses.retrieval.metrics import (
     rouge1_recall,
     trial_head_scores,
 )
-from mechbench.analyses.retrieval.rows import ANALYSIS, MaskingOutcome, detection_rows, masking_rows
+from mechbench.analyses.retrieval.rows import ANALYSIS, COLUMNS, MaskingOutcome, detection_rows, masking_rows
 from mechbench.core.decoding import greedy_decode
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import mask_heads_hooks
 from mechbench.core.recorder import AttentionPath
+from mechbench.core.tidy import finish_rows
 from mechbench.errors import ConfigError, DatasetError
 from mechbench.stats import ranked_heads
 from mechbench.tasks.niah import NiahTrial, build_trials, grid, load_haystack, load_needles, stop_ids
@@ -77,14 +78,7 @@ def run_retrieval(model: HookedModel, trials: Sequence[NiahTrial], *, max_new_to
                                          exclude_top=masking.exclude_top, generator=generator, baseline=results,
                                          max_new_tokens=max_new_tokens, stop=stop, use_kv_cache=use_kv_cache,
                                          progress=progress))
-    frame = pd.concat(frames, ignore_index=True)
-    for column in ("layer", "head", "n_trials", "context_length", "depth", "k", "draw"):
-        if column in frame:
-            frame[column] = frame[column].astype("Int64")
-    frame["success"] = frame["success"].astype("boolean")
-    frame["analysis"] = ANALYSIS
-    frame["model"] = model.name
-    return frame
+    return finish_rows(pd.concat(frames, ignore_index=True), ANALYSIS, model.name, COLUMNS)
 
 
 def masking_experiment(model: HookedModel, trials: Sequence[NiahTrial], scores: Tensor, top_k: Sequence[int], *,

@@ -9,8 +9,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from mechbench.core.hooked import HookedModel
-from mechbench.core.tidy import to_tidy
+from mechbench.core.tidy import ExtraColumns, to_tidy
 
 from .metrics import sink_rate
 from .reducers import MassiveActivationReducer
@@ -98,14 +97,6 @@ def _massive_rows(reducer: MassiveActivationReducer, criteria: MassiveCriteria, 
     return pd.concat([top, medians], ignore_index=True)
 
 
-def _finish(frame: pd.DataFrame, model: HookedModel) -> pd.DataFrame:
-    """Stamp the analysis and model on every row and give count columns a nullable integer dtype."""
-    for column in ("n_examples", "n_tokens", "n_heads", "n_sink_heads", "rank", "channel"):
-        if column in frame:
-            frame[column] = frame[column].astype("Int64")
-    for column in ("is_massive", "selected"):
-        if column in frame:
-            frame[column] = frame[column].astype("boolean")
-    frame["analysis"] = ANALYSIS
-    frame["model"] = model.name
-    return frame
+#: The analysis's own columns and their dtypes.
+COLUMNS = ExtraColumns(ints=("n_examples", "n_tokens", "n_heads", "n_sink_heads", "rank", "channel"),
+                       booleans=("is_massive", "selected"))

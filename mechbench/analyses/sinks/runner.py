@@ -20,7 +20,7 @@ from mechbench.core.interventions import (
 )
 from mechbench.core.limits import check_heads, check_layers
 from mechbench.core.recorder import ATTENTION, AttentionPath, Batch, Recorder
-from mechbench.core.tidy import to_tidy
+from mechbench.core.tidy import finish_rows, to_tidy
 from mechbench.errors import CapabilityError, DatasetError
 from mechbench.tasks.classification import ClassificationTask, accuracy, label_logprobs, load_classification
 from mechbench.tasks.texts import load_texts
@@ -32,10 +32,11 @@ from .rows import (
     ACT_ACCURACY,
     ACT_SEARCH_DELTA,
     ACT_TEXT_NLL,
+    ANALYSIS,
+    COLUMNS,
     STREAMING_NLL,
     STREAMING_TOKEN_NLL,
     MassiveCriteria,
-    _finish,
     _hidden_sink_rows,
     _massive_rows,
     _score_rows,
@@ -76,7 +77,7 @@ def run_sinks(model: HookedModel, texts: Sequence[str], *, max_tokens: int = 64,
     if massive is not None:
         sink_heads = (scores > hidden_threshold).sum((1, 2))  # [example, position]
         parts.append(_massive_rows(reducers["resid_post"], massive, sink_heads, ids, dataset.token_texts))
-    return _finish(pd.concat(parts, ignore_index=True), model)
+    return finish_rows(pd.concat(parts, ignore_index=True), ANALYSIS, model.name, COLUMNS)
 
 
 # ---------------------------------------------------------------------------- ACT calibration
@@ -172,7 +173,7 @@ def run_calibration(model: HookedModel, task: ClassificationTask, config: Calibr
     search_rows = search.rename(columns={"delta": "value"}).assign(metric=ACT_SEARCH_DELTA)
     frame = pd.concat([search_rows, frame], ignore_index=True)
     frame["beta"], frame["threshold"], frame["task"] = config.beta, config.threshold, config.task
-    return _finish(frame, model)
+    return finish_rows(frame, ANALYSIS, model.name, COLUMNS)
 
 
 # ---------------------------------------------------------------------------- StreamingLLM
@@ -215,7 +216,7 @@ def run_streaming(model: HookedModel, tokens: Tensor, *, start_size: int = 4, re
                                    "n_tokens": length - 1 - window}]))
     frame = pd.concat(rows, ignore_index=True)
     frame["start_size"], frame["recent_size"] = start_size, recent_size
-    return _finish(frame, model)
+    return finish_rows(frame, ANALYSIS, model.name, COLUMNS)
 
 
 # ---------------------------------------------------------------------------- runner

@@ -13,7 +13,7 @@ from mechbench.analyses.speech.metrics import (
 )
 from mechbench.core.pooling import pool_to_length
 from mechbench.core.speech import SpeechModel
-from mechbench.core.tidy import to_tidy
+from mechbench.core.tidy import ExtraColumns, to_tidy
 
 ANALYSIS = "speech"
 WER = "wer"
@@ -23,6 +23,8 @@ LOG_MEL = "log_mel"
 CROSS_ATTENTION = "cross_attention"
 SALIENCY_PREFIX = "saliency_"
 INT_COLUMNS = ("layer", "head", "position", "frame", "mel", "n_frames", "n_tokens", "n_reference_words")
+#: The analysis's own columns and their dtypes; every run writes them all, whatever its options.
+COLUMNS = ExtraColumns(ints=INT_COLUMNS, always=(*INT_COLUMNS, "level", "method", "token"))
 
 
 def wer_rows(reference: str, transcript: str) -> pd.DataFrame:

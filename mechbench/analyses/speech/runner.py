@@ -19,11 +19,11 @@ from mechbench.analyses.speech.metrics import (
     occlusion_saliency,
     pool_saliency,
 )
-from mechbench.analyses.speech.rows import ANALYSIS, INT_COLUMNS, _map_rows, correlation_rows, wer_rows
+from mechbench.analyses.speech.rows import ANALYSIS, COLUMNS, _map_rows, correlation_rows, wer_rows
 from mechbench.core.audio import SAMPLE_RATE, read_wav, synthesize
 from mechbench.core.hooked import HookedModel
 from mechbench.core.speech import SpeechModel
-from mechbench.core.tidy import complete_columns
+from mechbench.core.tidy import finish_rows
 from mechbench.errors import CapabilityError, DatasetError
 from mechbench.tasks.speech import Utterance, load_utterances
 
@@ -95,12 +95,10 @@ def run_speech(model: HookedModel, utterances: Sequence[Utterance], config: Spee
             frame["example"] = utterance.id
             frame["seconds"] = len(audio) / SAMPLE_RATE
             frames.append(frame)
-    frame = complete_columns(pd.concat(frames, ignore_index=True), INT_COLUMNS, ("level", "method", "token"))
+    frame = pd.concat(frames, ignore_index=True)
     frame["pooling"] = config.pooling
     frame["frames"] = config.frames
-    frame["analysis"] = ANALYSIS
-    frame["model"] = model.name
-    return frame
+    return finish_rows(frame, ANALYSIS, model.name, COLUMNS)
 
 
 def run_speech_from_config(model: HookedModel, config: SpeechConfig, progress: bool = True) -> pd.DataFrame:
