@@ -75,7 +75,6 @@ from mechbench.analyses.circuits.metrics import (
     normalised_patching,
     overlap,
     overlap_permutation_test,
-    rank_scores,
     select_top,
 )
 from mechbench.analyses.circuits.rows import (
@@ -142,7 +141,6 @@ __all__ = [
     "path_patch",
     "path_patching_scores",
     "path_patching_stages",
-    "rank_scores",
     "run_circuits",
     "run_circuits_from_config",
     "select_top",

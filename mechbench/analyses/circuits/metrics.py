@@ -84,11 +84,6 @@ def direct_logit_attribution(results: Tensor, scale: Tensor, direction: Tensor, 
     return torch.einsum("bcm,bm->bc", results.double(), direction.double()) / scale.double()[:, None]
 
 
-def rank_scores(scores: Tensor, signed: bool = False) -> Tensor:
-    """Importance used to rank nodes/edges: ``|score|`` (default; negative movers count) or the signed score."""
-    return scores if signed else scores.abs()
-
-
 def select_top(scores: Mapping[Any, float], rule: CircuitRule, value: float, signed: bool = False) -> list[Any]:
     """The members of a circuit chosen from ``{item: score}`` by a documented rule.
 
