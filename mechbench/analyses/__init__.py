@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from mechbench.config import StrictModel
     from mechbench.core.hooked import HookedModel
+    from mechbench.core.tidy import ExtraColumns
 
 #: Entry-point group through which other distributions add analyses.
 ENTRY_POINT_GROUP = "mechbench.analyses"
@@ -38,13 +39,14 @@ class AnalysisSpec:
     description: str
     citation: str
     config_model: type[StrictModel]
-    run: Callable[[HookedModel, StrictModel, bool], pd.DataFrame]
+    #: ``run(model, options, progress)``; ``options`` is an instance of :attr:`config_model`
+    run: Callable[[HookedModel, Any, bool], pd.DataFrame]
     #: per-head metrics `mechbench show` and the report rank by default, in order of preference: a run's
     #: options decide which it writes (e.g. circuits without activation patching); empty: no ranking.
     headline_metrics: tuple[str, ...]
     headline_position: int | None = None
     #: checks the options need no model for (e.g. the dataset exists and is not empty), run before loading
-    check: Callable[[StrictModel], None] | None = None
+    check: Callable[[Any], None] | None = None
     #: module whose ``figures(frame)`` draws the analysis's own figures for the report and notebooks
     #: (beyond the generic per-head heatmaps) from its rows of one run; imported only when drawing
     figures: str | None = None
@@ -54,6 +56,9 @@ class AnalysisSpec:
     text_sharded: bool = False
     #: how a sweep's context length becomes the analysis's options (None: it has no context length)
     context_length_options: Callable[[int], dict[str, Any]] | None = None
+    #: the analysis's own columns beyond the core schema and their dtypes (what its runner's
+    #: :func:`mechbench.core.tidy.finish_rows` gives them)
+    columns: ExtraColumns | None = None
 
     def headline_metric(self, written: Iterable[str]) -> str | None:
         """The first of :attr:`headline_metrics` among the metrics a run ``written`` (None if none is)."""

@@ -82,6 +82,7 @@ from mechbench.analyses.circuits.rows import (
     ACT_PATCH_NOISING,
     ANALYSIS,
     ATTR_PATCH,
+    COLUMNS,
     DLA,
     PATH_PATCH,
     _node_rows,
@@ -99,6 +100,7 @@ __all__ = [
     "ACT_PATCH_NOISING",
     "ANALYSIS",
     "ATTR_PATCH",
+    "COLUMNS",
     "DLA",
     "INPUT",
     "LOGITS",
@@ -161,4 +163,5 @@ SPEC = AnalysisSpec(
     headline_metrics=(ACT_PATCH_NOISING, ACT_PATCH_DENOISING, ATTR_PATCH, PATH_PATCH, DLA),
     check=check_config,
     figures="mechbench.analyses.circuits.figures",
+    columns=COLUMNS,
 )

@@ -56,6 +56,7 @@ from mechbench.analyses.distance.metrics import (
 from mechbench.analyses.distance.reducers import DistanceReducer
 from mechbench.analyses.distance.rows import (
     ANALYSIS,
+    COLUMNS,
     COUPLING_ENTROPY,
     COUPLING_FAI_COOCCURRENCE,
     COUPLING_METRICS,
@@ -83,6 +84,7 @@ from mechbench.analyses.distance.runner import (
 
 __all__ = [
     "ANALYSIS",
+    "COLUMNS",
     "COUPLING_ENTROPY",
     "COUPLING_FAI_COOCCURRENCE",
     "COUPLING_METRICS",
@@ -138,4 +140,5 @@ SPEC = AnalysisSpec(
     headline_metrics=(HEAD_SPAN,),
     check=check_config,
     figures="mechbench.analyses.distance.figures",
+    columns=COLUMNS,
 )

@@ -37,6 +37,7 @@ from mechbench.analyses.retrieval.metrics import (
 )
 from mechbench.analyses.retrieval.rows import (
     ANALYSIS,
+    COLUMNS,
     MASKING_ROUGE1_RECALL,
     MASKING_SUCCESS_RATE,
     NIAH_SUCCESS,
@@ -58,6 +59,7 @@ from mechbench.core.decoding import greedy_decode
 
 __all__ = [
     "ANALYSIS",
+    "COLUMNS",
     "MASKING_ROUGE1_RECALL",
     "MASKING_SUCCESS_RATE",
     "MAX_NEW_TOKENS",
@@ -98,5 +100,6 @@ SPEC = AnalysisSpec(
     headline_metrics=(RETRIEVAL_SCORE,),
     check=check_config,
     figures="mechbench.analyses.retrieval.figures",
+    columns=COLUMNS,
     context_length_options=lambda length: {"min_length": length, "max_length": length, "n_lengths": 1},
 )

@@ -124,6 +124,7 @@ SPEC = AnalysisSpec(
     headline_position=0,
     check=check_config,
     figures="mechbench.analyses.sinks.figures",
+    columns=COLUMNS,
     text_sharded=True,
     context_length_options=lambda length: {"max_tokens": length},
 )

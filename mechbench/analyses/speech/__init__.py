@@ -44,6 +44,7 @@ from mechbench.analyses.speech.metrics import (
 )
 from mechbench.analyses.speech.rows import (
     ANALYSIS,
+    COLUMNS,
     CROSS_ATTENTION,
     INT_COLUMNS,
     LOG_MEL,
@@ -60,6 +61,7 @@ from mechbench.analyses.speech.runner import analyze_utterance, run_speech, run_
 
 __all__ = [
     "ANALYSIS",
+    "COLUMNS",
     "CROSS_ATTENTION",
     "INT_COLUMNS",
     "LOG_MEL",
@@ -103,4 +105,5 @@ SPEC = AnalysisSpec(
     headline_metrics=(XATTN_SALIENCY_PEARSON,),
     check=check_config,
     figures="mechbench.analyses.speech.figures",
+    columns=COLUMNS,
 )
