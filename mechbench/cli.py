@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
 from mechbench.errors import MechbenchError
 
@@ -19,9 +20,11 @@ if TYPE_CHECKING:
     from mechbench.executors import Executor
     from mechbench.runner import SweepPlan
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: plain Click help, so that text such as `mechbench[ray]` is printed as written
+# (Rich markup would take `[ray]` for a style tag and drop it)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="mechbench: what do the attention heads of a model do? Results go to one tidy table.")
-models_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+models_app = typer.Typer(invoke_without_command=True, no_args_is_help=False, rich_markup_mode=None,
                          help="List the model zoo (installed or not), or install weight packs.")
 app.add_typer(models_app, name="models")
 
@@ -42,11 +45,38 @@ def one_line_errors(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@app.command()
+def analysis_rows() -> list[tuple[str, str]]:
+    """(name, one-line description) of every registered analysis, its aliases after the description; read
+    from the registry when asked (importing the analyses), never at start-up."""
+    from mechbench.analyses import ANALYSES
+
+    rows = []
+    for name in sorted(ANALYSES):
+        spec = ANALYSES[name]
+        aliases = f" (alias{'es' if len(spec.aliases) > 1 else ''}: {', '.join(spec.aliases)})" if spec.aliases else ""
+        rows.append((name, spec.description + aliases))
+    return rows
+
+
+class AnalyzeCommand(TyperCommand):
+    """``mechbench analyze``: its help ends with the registered analyses, listed when the help is shown."""
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        super().format_epilog(ctx, formatter)
+        try:
+            rows = analysis_rows()
+        except Exception as exc:  # a broken third-party analysis must not break --help
+            rows = [("(unavailable)", f"the analysis registry could not be read: {exc}")]
+        with formatter.section("Analyses"):
+            formatter.write_dl(rows)
+
+
+@app.command(cls=AnalyzeCommand)
 @one_line_errors
 def analyze(
     analyses: Annotated[list[str] | None, typer.Argument(
-        help="analyses to run (default: those named in the config); see `mechbench analyze --help`")] = None,
+        help="analyses to run, by name or alias (default: those named in the config); the registered "
+        "analyses are listed below")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config (default: configs/default.yaml)")] = None,
     model: Annotated[str | None, typer.Option(help="override the model: registry name, HF name or dir")] = None,
     store: Annotated[str | None, typer.Option(help="result store directory (default: the config's, "

@@ -84,12 +84,16 @@ class Registry(MutableMapping[str, "AnalysisSpec"]):
     def _discover(self) -> None:
         if self._discovered:
             return
-        self._discovered = True
+        found: list[AnalysisSpec] = []
         for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
             if module.ispkg:
-                self.register(importlib.import_module(f"{__name__}.{module.name}").SPEC)
-        for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            self.register(entry.load())
+                found.append(importlib.import_module(f"{__name__}.{module.name}").SPEC)
+        found += [entry.load() for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP),
+                                                   key=lambda e: e.name)]
+        # only once every spec imported: a failed import leaves the registry to be discovered again, not empty
+        self._discovered = True
+        for spec in found:
+            self.register(spec)
 
     def register(self, spec: AnalysisSpec) -> AnalysisSpec:
         """Add an analysis; a name or alias that is already taken is an error."""

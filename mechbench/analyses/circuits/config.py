@@ -46,7 +46,7 @@ class CircuitsConfig(StrictModel):
     ig_steps: PositiveInt = Field(5, description="EAP-IG interpolation steps (reference default 30)")
     n_permutations: PositiveInt = Field(1000, description="random head sets for the overlap baseline")
     seed: Seed = Field(0, description="seed of the task generators and the permutation baseline")
-    batch_size: PositiveInt = 16
+    batch_size: PositiveInt = Field(16, description="prompt pairs per forward (and backward) pass")
 
     @model_validator(mode="after")
     def _circuit_method_is_run(self) -> CircuitsConfig:

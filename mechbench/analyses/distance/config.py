@@ -42,7 +42,7 @@ class DistanceConfig(StrictModel):
                                           "many tokens before it (or at it)")
     n_random: PositiveInt = Field(20, description="random-position draws per example for the baselines")
     seed: Seed = Field(0, description="seed of the random-position baselines")
-    batch_size: PositiveInt = 1
+    batch_size: PositiveInt = Field(1, description="transcripts per forward pass (memory grows with it)")
     attention: AttentionPath = Field("auto", description="how pattern rows are read: fused (rebuilt block by block "
                                      "from q, k and the softmax normaliser; memory linear in the context), eager "
                                      "(hook_pattern, one [head, T, T] per layer) or auto (fused where the model "

@@ -28,7 +28,7 @@ class CalibrationConfig(StrictModel):
     heads: list[tuple[NonNegativeInt, NonNegativeInt]] | None = Field(
         None, description="calibrate these (layer, head) pairs and skip the search")
     text_loss: bool = Field(True, description="also measure next-token loss on the analysis texts")
-    batch_size: PositiveInt = 16
+    batch_size: PositiveInt = Field(16, description="prompts per forward pass of the head search and scoring")
 
 
 class StreamingConfig(StrictModel):
@@ -54,7 +54,7 @@ class SinksConfig(StrictModel):
     massive_top_k: PositiveInt = Field(3, description="top |h| entries kept per layer and text (Sun et al.: 3)")
     massive_min_value: float = Field(100.0, gt=0.0, description="massive if |h| exceeds this (Sun et al.: 100)")
     massive_min_ratio: float = Field(1000.0, gt=0.0, description="... and is this many times the median (1000)")
-    batch_size: PositiveInt = 4
+    batch_size: PositiveInt = Field(4, description="texts per forward pass (memory grows with it)")
     attention: AttentionPath = Field(
         "auto", description="how patterns are read: auto = the fused kernel where the model allows it (exact rows "
         "from q, k and the softmax normaliser, memory linear in context), else eager hook_pattern; fused | eager")
@@ -62,8 +62,10 @@ class SinksConfig(StrictModel):
         None, description="None = the loaded tokenizer's setting (TransformerBridge turns add_bos_token on, so "
         "SmolLM2 inputs start with <|im_start|>); False = no special tokens, the plain HF tokenizer of Gu et al.; "
         "True = force a BOS")
-    calibration: CalibrationConfig | None = None
-    streaming: StreamingConfig | None = None
+    calibration: CalibrationConfig | None = Field(None, description="ACT calibration with head search "
+                                                  "(Yu et al. 2024); absent: not run")
+    streaming: StreamingConfig | None = Field(None, description="StreamingLLM cache check (Xiao et al. 2023); "
+                                              "absent: not run")
 
 
 def check_config(config: SinksConfig) -> None:

@@ -47,7 +47,7 @@ class TappaConfig(StrictModel):
                                    "0.1 Qwen-2.5)")
     heldout_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="last share of texts held out for the "
                                     "pruning loss; the rest score the layers")
-    batch_size: PositiveInt = 4
+    batch_size: PositiveInt = Field(4, description="texts per forward pass (memory grows with it)")
     attention: AttentionPath = Field("auto", description="how the main pass reads pattern rows: fused (rebuilt "
                                      "block by block from q, k and the softmax normaliser; memory linear in the "
                                      "context), eager (hook_pattern, one [head, T, T] per layer) or auto (fused "
