@@ -1,1 +1,1 @@
-"""Hooked-model core: HookedModel, Recorder, datasets/batches and tidy-row helpers."""
+"""Model core: the model interface (core.model), HookedModel, SpeechModel, Recorder, datasets, tidy rows."""

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mechbench.core.fused import FusedAttention, fused_attention, use_fused
-from mechbench.core.hooked import HookedModel
+from mechbench.core.fused import FusedAttention, use_fused
 from mechbench.core.limits import check_context, check_finite
+from mechbench.core.model import DecodeSteps, require
 from mechbench.core.recorder import AttentionPath
 from mechbench.errors import DatasetError
 
@@ -26,7 +26,7 @@ class Decoding:
     used_kv_cache: bool
 
 
-def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int,
+def greedy_decode(model: DecodeSteps, prompt_ids: Tensor, max_new_tokens: int,
                   stop_ids: Collection[int] = (), use_kv_cache: bool = True,
                   fwd_hooks: Sequence[tuple[str, Any]] = (), attention: AttentionPath = "auto") -> Decoding:
     """Greedy decoding that records, per step, the argmax-attended key of the last query of every head.
@@ -44,6 +44,7 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int,
     argmax key is ``argmax_j q . k_j`` of its one query row (the softmax keeps the order), so scoring
     costs ``O(L d)`` per head and step on top of a plain KV-cache decode. ``eager`` reads ``hook_pattern``.
     """
+    require(model, DecodeSteps, "greedy decoding")
     if prompt_ids.dim() != 1 or prompt_ids.numel() < 2:
         raise DatasetError(f"the prompt needs at least 2 tokens (1-D ids), got shape {tuple(prompt_ids.shape)}")
     check_context(prompt_ids.numel() + max_new_tokens, model.architecture.n_ctx, model.name,
@@ -63,26 +64,23 @@ def greedy_decode(model: HookedModel, prompt_ids: Tensor, max_new_tokens: int,
     hooks = [] if fused else [(model.hook_name("pattern", layer),
                                lambda p, hook, layer=layer: keep_argmax(p, hook, layer))
                               for layer in range(model.n_layers)]
-    bridge = model.bridge
-    device = model.device
-    sequence = prompt_ids.to(device)
+    sequence = prompt_ids.to(model.device)
     generated: list[int] = []
     cache = None
-    with torch.no_grad(), fused_attention(bridge, keep_fused_argmax) if fused else contextlib.nullcontext():
-        if use_kv_cache and getattr(getattr(bridge, "adapter", None), "supports_kv_cache", True):
-            with bridge.hooks(fwd_hooks=list(fwd_hooks)):
+    with torch.no_grad(), model.fused_attention(keep_fused_argmax) if fused else contextlib.nullcontext():
+        if use_kv_cache and model.supports_kv_cache:
+            with model.hooks(fwd_hooks):
                 # the prefill's logits are never read: unembed only the last position (HF logits_to_keep)
-                _, cache = bridge(sequence[None, :-1], return_type="logits_and_cache", use_cache=True,
-                                  logits_to_keep=1)
+                cache = model.prefill(sequence[None, :-1])
         token = sequence[-1:]
         # attached once: a per-step run_with_hooks costs more than the decode step itself
-        with bridge.hooks(fwd_hooks=list(fwd_hooks) + hooks):
+        with model.hooks(list(fwd_hooks) + hooks):
             for i in range(max_new_tokens):
                 step[0] = i
                 if cache is not None:
-                    logits, cache = bridge(token[None], return_type="logits_and_cache", past_key_values=cache)
+                    logits, cache = model.decode_step(token[None], cache)
                 else:
-                    logits = bridge(sequence[None])
+                    logits = model.forward(sequence[None])
                 check_finite(logits[0, -1], f"the logits of decode step {i}", model.name)
                 token = logits[0, -1].argmax().view(1)
                 generated.append(int(token))

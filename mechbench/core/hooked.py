@@ -1,26 +1,31 @@
-"""HookedModel: one interface to per-head activations of any model mechbench can load.
+"""HookedModel: one interface to per-head activations of any model mechbench can load through TransformerLens.
 
 It wraps a TransformerLens ``TransformerBridge`` (TL 4.x) and adds what analyses need and the
 bridge leaves implicit: architecture facts (layers, query heads, KV heads, RoPE, causal or
 bidirectional, cross-attention), a single site vocabulary (TL hook names), head-major per-head
 tensors with GQA KV heads repeated to query heads (head index = query-head index, as in the
-papers' reference code), tokenisation with explicit BOS handling, and a weight fingerprint.
+papers' reference code), per-head weights, the unembedding, decode steps, the fused attention path,
+and (from :class:`~mechbench.core.model.ModelBase`) tokenisation with explicit BOS handling and a
+weight fingerprint. The capabilities are the protocols of :mod:`mechbench.core.model`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mechbench.core.dataset import Batch, TokenDataset, spans_to_token_positions
-from mechbench.core.limits import check_context, check_layers
-from mechbench.errors import CapabilityError, DatasetError
+from mechbench.core.dataset import Batch
+from mechbench.core.fused import DEFAULT_BLOCK_BYTES, FusedSession, LayerConsumer, Streaming
+from mechbench.core.limits import check_layers
+from mechbench.core.model import Architecture as Architecture
+from mechbench.core.model import HeadMatrix, ModelBase
+from mechbench.core.model import Hook as Hook
+from mechbench.errors import CapabilityError
 
 #: Hook on the final norm's output: the residual stream the unembedding reads, every position.
 FINAL_NORM_HOOK = "ln_final.hook_out"
@@ -45,49 +50,19 @@ PER_HEAD_SITES = ("q", "k", "v", "z", "rot_q", "rot_k")
 #: Per-head sites that carry KV heads (repeated to query heads under GQA).
 KV_SITES = ("k", "v", "rot_k")
 
-Hook = Callable[[Tensor, Any], Tensor | None]
 
+class HookedModel(ModelBase):
+    """A loaded model with uniform per-head access. Build it with :func:`mechbench.load_model`.
 
-@dataclass(frozen=True)
-class Architecture:
-    """Facts about a model that decide which analyses apply and how."""
-
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    d_model: int
-    n_ctx: int
-    positional: str
-    causal: bool
-    has_cross_attention: bool
-    #: RoPE: rotated dimensions of a head (None: all of ``d_head``), base of the frequencies, and whether
-    #: rotated pairs are adjacent channels (GPT-J style) rather than the two halves (Llama style)
-    rotary_dim: int | None = None
-    rotary_base: float = 10000.0
-    rotary_adjacent_pairs: bool = False
-
-    @property
-    def uses_rope(self) -> bool:
-        return self.positional == "rotary"
-
-    @property
-    def rotated_dims(self) -> int:
-        """Channels of a head that RoPE rotates (``d_head`` unless the model rotates only part)."""
-        return self.rotary_dim or self.d_head
-
-
-class HookedModel:
-    """A loaded model with uniform per-head access. Build it with :func:`mechbench.load_model`."""
+    It has every text capability of :mod:`mechbench.core.model` (hook sites, head weights, the unembedding,
+    decode steps, the fused path). ``bridge`` is the wrapped TransformerBridge, for ``mechbench.core`` and
+    ``mechbench.models`` only (``tests/test_layering.py``).
+    """
 
     def __init__(self, bridge: Any, name: str, architecture: Architecture, tokenizer: Any | None = None,
                  source: str | None = None) -> None:
+        super().__init__(bridge, name, architecture, tokenizer=tokenizer, source=source)
         self.bridge = bridge
-        self.name = name
-        self.architecture = architecture
-        self.tokenizer = tokenizer
-        self.source = source or name
-        self._fingerprint: str | None = None
         #: whether the fused attention path serves this model (None: not checked yet; see core.fused)
         self.fused_support: bool | None = None
         self._unembeds_chunks: bool | None = None
@@ -99,31 +74,9 @@ class HookedModel:
                 f"{a.positional} positions, {'causal' if a.causal else 'bidirectional'})")
 
     @property
-    def n_layers(self) -> int:
-        return self.architecture.n_layers
-
-    @property
-    def n_heads(self) -> int:
-        return self.architecture.n_heads
-
-    @property
-    def causal(self) -> bool:
-        return self.architecture.causal
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.bridge.parameters()).device
-
-    def fingerprint(self) -> str:
-        """SHA-256 over every parameter (name, shape, bytes): identifies the exact weights of a run."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            for key, tensor in sorted(self.bridge.state_dict().items()):
-                digest.update(key.encode())
-                digest.update(str(tuple(tensor.shape)).encode())
-                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
+    def vocab_size(self) -> int:
+        """Number of token ids the embedding accepts (``0..vocab_size-1``)."""
+        return int(self.bridge.cfg.d_vocab)
 
     # ------------------------------------------------------------------ sites
     def has_hook(self, name: str) -> bool:
@@ -202,104 +155,61 @@ class HookedModel:
             kwargs["attention_mask"] = batch.attention_mask.to(self.device)
         return kwargs
 
-    # ------------------------------------------------------------------ tokens
-    def tokenize(self, text: str, prepend_bos: bool | None = None) -> tuple[Tensor, list[str]]:
-        """Token ids of ``text`` and their text pieces.
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Logits of a plain forward pass of ``tokens`` ``[batch, pos]`` through the bridge (hooks attached with
+        :meth:`hooks` fire); grad mode is the caller's."""
+        return self.bridge(tokens.to(self.device))
 
-        ``prepend_bos=None`` keeps the loaded tokenizer's behaviour (TransformerBridge sets
-        ``add_bos_token=True``, so e.g. SmolLM2 inputs start with ``<|im_start|>``); ``True`` makes
-        sure the sequence starts with BOS; ``False`` adds no special tokens (the plain Hugging Face
-        tokenizer of models without a BOS, as the papers' reference code tokenises).
-        """
-        ids, _ = self._encode(text, prepend_bos)
-        return torch.tensor(ids, dtype=torch.long), [self.tokenizer.decode([i]) for i in ids]
+    @property
+    def final_norm_hook(self) -> str | None:
+        """The hook on the final norm's output (the rows :meth:`unembed` reads), None where the model has none."""
+        return FINAL_NORM_HOOK if self.has_hook(FINAL_NORM_HOOK) else None
 
-    def _encode(self, text: str, prepend_bos: bool | None,
-                with_offsets: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
-        """Token ids (and character offsets, which need a fast tokenizer) under the ``prepend_bos``
-        rule of :meth:`tokenize`."""
-        if self.tokenizer is None:
-            raise CapabilityError(f"model {self.name} has no tokenizer; pass token-id sequences instead of text")
-        if with_offsets:
-            self.require_offsets()
-        encoded = self.tokenizer(text, add_special_tokens=prepend_bos is not False,
-                                 return_offsets_mapping=with_offsets)
-        ids: list[int] = list(encoded["input_ids"])
-        offsets = [(int(a), int(b)) for a, b in encoded["offset_mapping"]] if with_offsets else [(0, 0)] * len(ids)
-        bos = self.tokenizer.bos_token_id
-        if prepend_bos and bos is not None and (not ids or ids[0] != bos):
-            ids, offsets = [bos, *ids], [(0, 0), *offsets]
-        return ids, offsets
-
-    def require_offsets(self) -> None:
-        """Raise CapabilityError unless the tokenizer is a fast one: only those map tokens to characters."""
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise CapabilityError(f"the tokenizer of {self.name} is a slow (Python) tokenizer without character "
-                                  "offsets, which locating a text span needs; give a model directory with a "
-                                  "tokenizer.json (a fast tokenizer)")
-
-    def token_span(self, text: str, start: int, end: int, prepend_bos: bool | None = None) -> tuple[int, int]:
-        """Token positions ``[first, last)`` of the characters ``text[start:end]``, as tokenised by
-        :meth:`tokenize` with the same ``prepend_bos`` (so positions index the model's input)."""
-        _, offsets = self._encode(text, prepend_bos, with_offsets=True)
+    # ------------------------------------------------------------------ weights
+    def head_weight(self, layer: int, matrix: HeadMatrix) -> Tensor:
+        """``W_Q``/``W_K``/``W_V`` (``[head, d_model, d_head]``; ``W_K``/``W_V`` may have one row per KV head) or
+        ``W_O`` (``[head, d_head, d_model]``) of a layer, as the bridge's attention exposes them (not detached)."""
+        if matrix not in ("Q", "K", "V", "O"):
+            raise CapabilityError(f"unknown head matrix W_{matrix}; one of W_Q, W_K, W_V, W_O")
+        check_layers("head weights", f"W_{matrix}", [layer], self.n_layers, self.name, error=CapabilityError)
         try:
-            return spans_to_token_positions(offsets, start, end)
-        except ValueError as exc:
-            raise DatasetError(f"character span [{start}, {end}) of the text: {exc}") from None
+            return getattr(self.bridge.blocks[layer].attn, f"W_{matrix}")
+        except (AttributeError, NotImplementedError) as exc:
+            raise CapabilityError(f"{self.name}: the bridge exposes no per-head W_{matrix} of layer {layer} "
+                                  f"({type(exc).__name__}); use a model whose attention TransformerLens splits "
+                                  "into heads") from None
 
-    def tokenize_dataset(self, items: Sequence[str] | Sequence[Sequence[int]], max_tokens: int | None = None,
-                         prepend_bos: bool | None = None,
-                         example_ids: Sequence[str] | None = None) -> TokenDataset:
-        """Tokenise texts (or take token-id sequences), truncate to ``max_tokens``, check the context window."""
-        if len(items) == 0:
-            raise DatasetError("the dataset is empty; give at least one text")
-        ids = list(example_ids) if example_ids is not None else [f"ex{i}" for i in range(len(items))]
-        if len(ids) != len(items):
-            raise DatasetError(f"{len(ids)} example ids for {len(items)} texts; give one id per text")
-        limit = self.architecture.n_ctx
-        tokens, texts = [], []
-        for example_id, item in zip(ids, items, strict=True):
-            if isinstance(item, str):
-                if not item.strip():
-                    raise DatasetError(f"example {example_id!r} is empty; remove it or give it text")
-                token_ids, pieces = self.tokenize(item, prepend_bos)
-            else:
-                token_ids = torch.as_tensor(list(item), dtype=torch.long)
-                pieces = [str(int(i)) for i in token_ids]
-                if token_ids.numel() == 0:
-                    raise DatasetError(f"example {example_id!r} has no tokens")
-                self.check_token_ids(token_ids, f"example {example_id!r}")
-            if max_tokens is not None:
-                token_ids, pieces = token_ids[:max_tokens], pieces[:max_tokens]
-            check_context(token_ids.numel(), limit, self.name, f"example {example_id!r} has {token_ids.numel()} tokens",
-                          "lower max_tokens or shorten it")
-            tokens.append(token_ids)
-            texts.append(pieces)
-        return TokenDataset(tokens=tokens, example_ids=ids, token_texts=texts)
+    # ------------------------------------------------------------------ decoding
+    @property
+    def supports_kv_cache(self) -> bool:
+        """Whether the bridge returns a Hugging Face KV cache (:meth:`prefill`, :meth:`decode_step`)."""
+        return bool(getattr(getattr(self.bridge, "adapter", None), "supports_kv_cache", True))
+
+    def hooks(self, fwd_hooks: Sequence[tuple[str, Hook]]) -> AbstractContextManager[Any]:
+        """Forward hooks attached to every pass inside the block (cheaper than per-pass ``run_with_hooks``)."""
+        return self.bridge.hooks(fwd_hooks=list(fwd_hooks))
+
+    def prefill(self, tokens: Tensor) -> Any:
+        """Run ``tokens`` ``[1, pos]`` and return the KV cache (only the last position is unembedded)."""
+        _, cache = self.bridge(tokens.to(self.device), return_type="logits_and_cache", use_cache=True,
+                               logits_to_keep=1)
+        return cache
+
+    def decode_step(self, tokens: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        """One step: logits of ``tokens`` ``[1, n]`` after the cached positions, and the grown cache."""
+        return self.bridge(tokens.to(self.device), return_type="logits_and_cache", past_key_values=cache)
+
+    # ------------------------------------------------------------------ fused attention
+    def fused_attention(self, consumer: LayerConsumer | None, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                        streaming: Streaming | None = None,
+                        session: FusedSession | None = None) -> AbstractContextManager[set[int]]:
+        """Within the block, forward passes run the fused kernel and hand ``consumer`` a view per layer
+        (:meth:`mechbench.core.fused.FusedSession.run`); ``session`` holds the pass's state (a fresh one if
+        None: a Recorder passes its own)."""
+        return (FusedSession() if session is None else session).run(self.bridge, consumer, block_bytes, streaming)
 
     @property
     def supports_logits_to_keep(self) -> bool:
         """Whether the wrapped model is a Hugging Face model that accepts ``logits_to_keep``."""
         return getattr(self.bridge, "original_model", None) is not None and \
             "logits_to_keep" in inspect.signature(self.bridge.original_model.forward).parameters
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of token ids the embedding accepts (``0..vocab_size-1``)."""
-        return int(self.bridge.cfg.d_vocab)
-
-    def check_token_ids(self, ids: Tensor, where: str) -> None:
-        """Raise DatasetError when a token id of ``ids`` (from ``where``) is outside the vocabulary."""
-        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
-        if bad.numel():
-            raise DatasetError(f"{where}: token id {int(bad[0])} is outside the vocabulary of {self.name} "
-                               f"(0..{self.vocab_size - 1}); use ids the model knows")
-
-    @property
-    def pad_id(self) -> int:
-        """Token id used for right padding (never seen by a real query; see :class:`Batch`)."""
-        if self.tokenizer is not None:
-            for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
-                if candidate is not None:
-                    return int(candidate)
-        return 0

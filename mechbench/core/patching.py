@@ -215,7 +215,7 @@ def mean_activations(acts: Mapping[str, Tensor], lengths: Tensor) -> dict[str, T
 # ---------------------------------------------------------------------------- weights
 def head_output_weights(model: HookedModel, layer: int) -> Tensor:
     """``W_O`` of a layer as ``[head, d_head, d_model]`` (query-head index)."""
-    w_o = model.bridge.blocks[layer].attn.W_O
+    w_o = model.head_weight(layer, "O")
     if w_o.dim() != 3:
         raise CapabilityError(f"{model.name}: cannot read per-head W_O of layer {layer} (shape {tuple(w_o.shape)})")
     return w_o.detach()
@@ -314,7 +314,7 @@ def reader_gradients(model: HookedModel, tokens: Tensor, metric: Metric, hooks: 
                     g = qkv[3 * layer + c_index].detach()
                     group = n_heads // g.shape[2]
                     if not split:  # back through W_{Q,K,V} and the layer norm, head by head
-                        weight = getattr(model.bridge.blocks[layer].attn, f"W_{channel.upper()}").detach()
+                        weight = model.head_weight(layer, channel.upper()).detach()
                         per_head = []
                         for h in range(g.shape[2]):
                             w = weight[h] if weight.shape[0] == g.shape[2] else weight[h * group]

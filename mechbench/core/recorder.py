@@ -12,6 +12,7 @@ the context; on models the fused path cannot drive, or with ``attention="eager"`
 ``hook_pattern`` (plus the layer's queries and keys). A reducer with a ``streaming`` attribute (a
 :class:`~mechbench.core.fused.Streaming`: it reads every row) gets a
 :class:`~mechbench.core.fused.StreamedAttention` instead, whose row blocks also make the layer's output.
+The state of the fused passes is the Recorder's own :class:`~mechbench.core.fused.FusedSession`.
 
 For short inputs :meth:`Recorder.cache` returns the full tensors, guarded by a memory estimate.
 """
@@ -31,11 +32,12 @@ from mechbench.core.fused import (
     AttentionView,
     DenseAttention,
     FusedAttention,
-    fused_attention,
+    FusedSession,
     use_fused,
 )
 from mechbench.core.hooked import FINAL_NORM_HOOK, HookedModel
 from mechbench.core.limits import check_finite
+from mechbench.core.model import HookSites, require
 from mechbench.errors import CapabilityError
 
 __all__ = ["ATTENTION", "AttentionPath", "Batch", "Recorder", "Reducer"]
@@ -72,6 +74,8 @@ class Recorder:
         self.model = model
         self.batch_size = batch_size
         self.progress = progress
+        #: the state of this Recorder's fused passes (one at a time; see :class:`~mechbench.core.fused.FusedSession`)
+        self.fused_session = FusedSession()
 
     def _hooks(self, reducers: Mapping[str, Reducer], layers: Sequence[int],
                current: list[Batch]) -> list[tuple[str, Any]]:
@@ -132,6 +136,7 @@ class Recorder:
         """
         if not reducers:
             raise CapabilityError("the Recorder needs at least one (site, reducer) pair")
+        require(self.model, HookSites, "recording activations")
         layers = list(range(self.model.n_layers)) if layers is None else list(layers)
         current: list[Batch] = []
         fused = self.uses_fused(reducers, attention)
@@ -160,7 +165,7 @@ class Recorder:
                 current[:] = [batch]
                 last_only = on_logits is None or chunked
                 if fused:
-                    with fused_attention(self.model.bridge, consume, streaming=streaming):
+                    with self.model.fused_attention(consume, streaming=streaming, session=self.fused_session):
                         logits = (self.model.run_direct(batch, last_logits_only=True) if not hooks and last_only
                                   else self.model.run_with_hooks(batch, hooks, last_logits_only=last_only))
                 else:
@@ -232,5 +237,5 @@ class Recorder:
         per_head_site = arch.n_heads * length * arch.d_head
         elements = sum(per_layer.get(site, per_head_site if site in ("q", "k", "v", "z", "rot_q", "rot_k")
                                      else length * arch.d_model) for site in sites)
-        itemsize = next(self.model.bridge.parameters()).element_size()
+        itemsize = self.model.dtype.itemsize
         return itemsize * n * len(layers) * elements

@@ -1,4 +1,4 @@
-"""SpeechModel: the HookedModel interface for a Whisper encoder-decoder, over plain PyTorch hooks.
+"""SpeechModel: a Whisper encoder-decoder, the sibling of HookedModel, over plain PyTorch hooks.
 
 TransformerLens 4.3 cannot wrap Whisper (no adapter), so this class holds a transformers
 ``WhisperForConditionalGeneration`` (eager attention, so the attention weights exist) and gives an
@@ -6,8 +6,12 @@ analysis what it needs: log-mel features of 16 kHz audio, greedy transcription, 
 log-probabilities of generated tokens that are differentiable in the log-mel input, and the
 cross-attention of every decoder layer and head, captured by forward hooks on the
 ``encoder_attn`` modules. Architecture facts describe the decoder (layers and heads of the
-cross-attention); ``has_cross_attention`` is True. Text analyses, which need TransformerLens hooks,
-get a one-line CapabilityError.
+cross-attention); ``has_cross_attention`` is True.
+
+It is a :class:`~mechbench.core.model.ModelInterface` with the :class:`~mechbench.core.model.CrossAttention`
+capability and none of the text ones (hook sites, head weights, unembedding, decode steps, fused path): those
+are absent, not methods that raise. An analysis checks with :func:`~mechbench.core.model.require`; a caller that
+reads a text member anyway (``model.run_with_hooks``) gets the same one-line CapabilityError.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mechbench.core.hooked import Architecture, Hook, HookedModel
 from mechbench.core.limits import check_context
+from mechbench.core.model import Architecture, ModelBase
 from mechbench.errors import CapabilityError
 
 #: Whisper's feature front end: 80 (or 128) log-mel bins, 25 ms windows (n_fft 400), 10 ms hop (160 samples).
@@ -41,8 +45,11 @@ def is_whisper_dir(path: Path) -> bool:
         return False
 
 
-class SpeechModel(HookedModel):
-    """A Whisper model with uniform access to cross-attention. Build it with :func:`mechbench.load_model`."""
+class SpeechModel(ModelBase):
+    """A Whisper model with uniform access to cross-attention. Build it with :func:`mechbench.load_model`.
+
+    ``whisper`` is the wrapped ``WhisperForConditionalGeneration`` (``bridge`` is the same, for existing callers).
+    """
 
     def __init__(self, model: Any, name: str, tokenizer: Any, source: str | None = None) -> None:
         config = model.config
@@ -52,6 +59,7 @@ class SpeechModel(HookedModel):
             d_head=int(config.d_model) // int(config.decoder_attention_heads), d_model=int(config.d_model),
             n_ctx=int(config.max_target_positions), positional="learned", causal=True, has_cross_attention=True)
         super().__init__(model, name, architecture, tokenizer=tokenizer, source=source)
+        self.whisper = model
         from transformers import WhisperFeatureExtractor
 
         #: encoder frames after the stride-2 convolution, and the log-mel frames (twice as many) of a 30 s window
@@ -81,29 +89,33 @@ class SpeechModel(HookedModel):
 
     def __repr__(self) -> str:
         a = self.architecture
-        return (f"SpeechModel({self.name!r}: Whisper, {self.bridge.config.encoder_layers} encoder + {a.n_layers} "
+        return (f"SpeechModel({self.name!r}: Whisper, {self.whisper.config.encoder_layers} encoder + {a.n_layers} "
                 f"decoder layers x {a.n_heads} heads, cross-attention over {self.n_encoder_frames} frames)")
 
-    # ------------------------------------------------------------------ what text analyses use
-    def _text_only(self, what: str) -> CapabilityError:
-        return CapabilityError(f"{what} needs a TransformerLens model, and {self.name} is a Whisper speech model; run "
-                               "the `speech` analysis on it, or give a text model (--model smollm2-135m)")
-
-    def hook_name(self, site: str, layer: int) -> str:
-        raise self._text_only(f"the site {site!r}")
-
-    def run_with_hooks(self, batch: Any, hooks: Sequence[tuple[str, Hook]]) -> Tensor:
-        raise self._text_only("this analysis")
+    @property
+    def bridge(self) -> Any:
+        """The wrapped Whisper model (:attr:`whisper`; the name HookedModel gives what it wraps)."""
+        return self.whisper
 
     @property
     def vocab_size(self) -> int:
-        return int(self.bridge.config.vocab_size)
+        return int(self.whisper.config.vocab_size)
+
+    # ------------------------------------------------------------------ capabilities it lacks
+    def capability_error(self, what: str, capability: type) -> CapabilityError:
+        return CapabilityError(f"{what} needs a TransformerLens model, and {self.name} is a Whisper speech model; run "
+                               "the `speech` analysis on it, or give a text model (--model smollm2-135m)")
+
+    def __getattr__(self, name: str) -> Any:
+        """Only for names the class lacks: a text capability's member (``run_with_hooks``, ``hook_name``, ...)
+        raises a one-line :class:`~mechbench.core.model.MissingCapability`, anything else AttributeError."""
+        raise self._missing_member(name)
 
     # ------------------------------------------------------------------ audio and tokens
     def log_mel(self, audio: np.ndarray) -> Tensor:
         """Whisper's normalised log-mel spectrogram of 16 kHz mono audio, padded to 30 s: ``[n_mel, n_mel_frames]``."""
         features = self.features(audio, sampling_rate=self.sample_rate, return_tensors="pt").input_features[0]
-        return features.to(device=self.device, dtype=next(self.bridge.parameters()).dtype)
+        return features.to(device=self.device, dtype=self.dtype)
 
     def audio_frames(self, n_samples: int) -> int:
         """Encoder frames that cover ``n_samples`` of audio (the rest of the 30 s window is padding)."""
@@ -113,13 +125,13 @@ class SpeechModel(HookedModel):
     def prompt_ids(self) -> list[int]:
         """Decoder prefix: start-of-transcript, then ``<|notimestamps|>`` when the tokenizer has it (every
         Whisper vocabulary does; transformers does not keep the id in a saved generation config)."""
-        ids = [int(self.bridge.generation_config.decoder_start_token_id)]
+        ids = [int(self.whisper.generation_config.decoder_start_token_id)]
         vocabulary = self.tokenizer.get_vocab()
         return ids + ([int(vocabulary[NO_TIMESTAMPS])] if NO_TIMESTAMPS in vocabulary else [])
 
     @property
     def eos_id(self) -> int:
-        eos = self.bridge.generation_config.eos_token_id
+        eos = self.whisper.generation_config.eos_token_id
         return int(eos[0] if isinstance(eos, list) else eos)
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -132,9 +144,9 @@ class SpeechModel(HookedModel):
                       f"max_new_tokens {max_new_tokens} plus the prefix", "lower max_new_tokens")
         ids = list(self.prompt_ids)
         with torch.no_grad():
-            encoded = self.bridge.model.encoder(features[None]).last_hidden_state
+            encoded = self.whisper.model.encoder(features[None]).last_hidden_state
             for _ in range(max_new_tokens):
-                logits = self.bridge(encoder_outputs=(encoded,), decoder_input_ids=torch.tensor([ids])).logits
+                logits = self.whisper(encoder_outputs=(encoded,), decoder_input_ids=torch.tensor([ids])).logits
                 token = int(logits[0, -1].argmax())
                 if token == self.eos_id:
                     break
@@ -154,7 +166,7 @@ class SpeechModel(HookedModel):
         captured: dict[int, Tensor] = {}
         handles = []
         if cross_attention:
-            for layer, block in enumerate(self.bridge.model.decoder.layers):
+            for layer, block in enumerate(self.whisper.model.decoder.layers):
                 def keep(module: Any, inputs: Any, output: tuple[Tensor, Tensor], layer: int = layer) -> None:
                     if output[1] is None:
                         raise CapabilityError(f"{self.name} returned no attention weights; load it with "
@@ -162,7 +174,7 @@ class SpeechModel(HookedModel):
                     captured[layer] = output[1][:, :, rows]
                 handles.append(block.encoder_attn.register_forward_hook(keep))
         try:
-            logits = self.bridge(input_features=features, decoder_input_ids=ids).logits[:, rows]
+            logits = self.whisper(input_features=features, decoder_input_ids=ids).logits[:, rows]
         finally:
             for handle in handles:
                 handle.remove()

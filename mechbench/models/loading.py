@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from mechbench.core.hooked import Architecture, HookedModel
-from mechbench.core.speech import is_whisper_dir
+from mechbench.core.speech import SpeechModel, is_whisper_dir
 from mechbench.errors import MechbenchError, UnknownModelError
 from mechbench.models.registry import REGISTRY, hf_dir_for
 
@@ -112,11 +112,9 @@ def _boot(path_or_name: str, device: str, dtype: torch.dtype) -> Any:
 
 
 def _speech_or_text(path_or_name: str, name: str, source: str, device: str, dtype: torch.dtype,
-                    whisper: bool) -> HookedModel:
+                    whisper: bool) -> HookedModel | SpeechModel:
     """A SpeechModel for a Whisper checkpoint (TransformerLens cannot wrap it), else the TransformerBridge."""
     if whisper:
-        from mechbench.core.speech import SpeechModel
-
         return SpeechModel.from_pretrained(path_or_name, name, source=source, device=device, dtype=dtype)
     return wrap_bridge(_boot(path_or_name, device, dtype), name, source=source)
 
@@ -131,11 +129,13 @@ def _hub_is_whisper(name: str) -> bool:
         return False
 
 
-def load_model(spec: str, device: str = "cpu", dtype: str = "float32", allow_pickle: bool = False) -> HookedModel:
+def load_model(spec: str, device: str = "cpu", dtype: str = "float32",
+               allow_pickle: bool = False) -> HookedModel | SpeechModel:
     """Load a model by registry name (``smollm2-135m``, ``gemma3-270m``, ``minilm-l6``, ``whisper-tiny-en``,
     ``toy-planted``, ``toy-induction``), local Hugging Face directory, or Hugging Face Hub name (``gpt2``,
     ``org/model``). Whisper checkpoints (``model_type: whisper``) load as a
-    :class:`~mechbench.core.speech.SpeechModel`, everything else through TransformerBridge.
+    :class:`~mechbench.core.speech.SpeechModel`, everything else through TransformerBridge (a
+    :class:`~mechbench.core.hooked.HookedModel`); both are a :class:`~mechbench.core.model.ModelInterface`.
 
     A directory or Hub repository whose weights are only pickle files (``pytorch_model.bin``, ``*.pt``,
     ...) is refused unless ``allow_pickle`` (:func:`check_weight_files`); even then transformers reads

@@ -235,7 +235,7 @@ def make_task(model: HookedModel, task: str, n: int = 32, seed: int = 0) -> Pair
     if task == "colored_objects":
         return colored_objects_task(model, n, seed)
     if task == "induction":
-        vocab = int(model.bridge.cfg.d_vocab)
+        vocab = model.vocab_size
         from mechbench.models.toy import PLANTED_DELIMITER, PLANTED_VOCAB
         high = PLANTED_DELIMITER if vocab == PLANTED_VOCAB else vocab  # keep the planted delimiter out
         return induction_task(vocab, n, block_length=min(8, high - 1), seed=seed, high=high)

@@ -157,7 +157,7 @@ def build_example(model: HookedModel, example_id: str, prompt: str, target: str 
         if kind != "next_token":
             raise DatasetError(f"example {example_id!r} has no target; a {kind} target needs one (or use next_token)")
         with torch.no_grad():
-            target_ids = [int(model.bridge(prompt_ids[None].to(model.device))[0, -1].argmax())]
+            target_ids = [int(model.forward(prompt_ids[None])[0, -1].argmax())]
     else:
         target_ids = _continuation_ids(model, target)
     if kind == "logit_diff":

@@ -99,7 +99,7 @@ def attribution_patching(model: HookedModel, pairs: PairTokens, nodes: Sequence[
 
 def _frozen_final_norm_hooks(model: HookedModel) -> list[patching.Hook]:
     """Detach the final norm's scale so the map residual → logits is linear (DLA's frozen-LN convention)."""
-    if "ln_final.hook_scale" not in model.bridge.hook_dict:
+    if not model.has_hook("ln_final.hook_scale"):
         return []
     return [("ln_final.hook_scale", lambda scale, hook: scale.detach())]
 
@@ -113,7 +113,7 @@ def direct_logit_attributions(model: HookedModel, pairs: PairTokens, nodes: Sequ
     equals :func:`direct_logit_attribution` for LayerNorm and RMSNorm alike.
     """
     names = patching.node_hook_names(model, nodes)
-    final = "ln_final.hook_in" if "ln_final.hook_in" in model.bridge.hook_dict else \
+    final = "ln_final.hook_in" if model.has_hook("ln_final.hook_in") else \
         model.hook_name("resid_post", model.n_layers - 1)
     totals = torch.zeros(len(nodes), dtype=torch.float64)
     for part in chunks(pairs, batch_size):

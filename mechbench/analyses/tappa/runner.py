@@ -100,10 +100,9 @@ def split_heldout(n: int, fraction: float) -> tuple[list[int], list[int]]:
 def record_main(model: HookedModel, dataset: TokenDataset, config: TappaConfig, progress: bool = True) -> TappaReducer:
     """One pass: ``kv`` q-sim, pattern scores and (RoPE models) band advantages for every layer and head."""
     rope = model.architecture.uses_rope
-    cfg = getattr(model.bridge, "cfg", None)
     reducer = TappaReducer(len(dataset), model.n_layers, model.n_heads, config.kv_window, config.mode,
                            config.rbf_sigma, pattern_criteria(config), config.rope_bands if rope else None,
-                           adjacent_pairs=bool(getattr(cfg, "rotary_adjacent_pairs", False)))
+                           adjacent_pairs=model.architecture.rotary_adjacent_pairs)
     Recorder(model, batch_size=config.batch_size, progress=progress).run(
         dataset, {ATTENTION: reducer}, description="tappa: q-sim and patterns", attention=config.attention)
     return reducer
@@ -250,9 +249,7 @@ def run_tappa(model: HookedModel, dataset: TokenDataset, config: TappaConfig | N
     parts = qsim_rows(kv_layer, prune_head, prune_layer, bi, config, len(windows))
     parts += pattern_rows(main.scores, pattern_criteria(config), {"kv": kv_layer, "prune": prune_head})
     if main.n_bands is not None:
-        cfg = model.bridge.cfg
-        rotary_dim = getattr(cfg, "rotary_dim", None) or model.architecture.d_head
-        parts += band_rows(main.bands, main.n_bands, rotary_dim, float(getattr(cfg, "rotary_base", 10000)))
+        parts += band_rows(main.bands, main.n_bands, model.architecture.rotated_dims, model.architecture.rotary_base)
     if config.kv_eval:
         parts.append(kv_budget_rows(model, dataset, main.kv_qsim, config, progress))
     if config.prune_eval:
