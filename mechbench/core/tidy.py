@@ -39,19 +39,6 @@ def to_tidy(values: torch.Tensor | np.ndarray, axes: Sequence[str],
     return frame.reset_index(drop=True)
 
 
-def complete_columns(frame: pd.DataFrame, ints: Sequence[str] = (), texts: Sequence[str] = ()) -> pd.DataFrame:
-    """``frame`` with every column of ``ints`` present as nullable ``Int64`` and every column of ``texts``
-    present (all-null where no row set it), so runs with different options write the same columns."""
-    for column in ints:
-        if column not in frame:
-            frame[column] = pd.NA
-        frame[column] = frame[column].astype("Int64")
-    for column in texts:
-        if column not in frame:
-            frame[column] = None
-    return frame
-
-
 @dataclass(frozen=True)
 class ExtraColumns:
     """An analysis's own columns beyond the core schema, and their dtypes (declared in its ``SPEC``)."""

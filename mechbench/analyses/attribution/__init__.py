@@ -80,6 +80,7 @@ from mechbench.analyses.attribution.rows import (
     ANALYSIS,
     ATTENTION,
     ATTRIBUTION,
+    COLUMNS,
     DELETION,
     GROUNDING_SHARE,
     IG_COMPLETENESS_ERROR,
@@ -119,6 +120,7 @@ __all__ = [
     "ANALYSIS",
     "ATTENTION",
     "ATTRIBUTION",
+    "COLUMNS",
     "DELETION",
     "GRADIENT_METHODS",
     "GROUNDING_SHARE",
@@ -193,4 +195,5 @@ SPEC = AnalysisSpec(
     headline_metrics=(PEARSON, GROUNDING_SHARE),
     check=check_config,
     figures="mechbench.analyses.attribution.figures",
+    columns=COLUMNS,
 )

@@ -9,7 +9,7 @@ from torch import Tensor
 from mechbench.analyses.attribution.config import GRADIENT_METHODS, AttributionConfig
 from mechbench.analyses.attribution.metrics import Example, curve_area, feature_positions, grounding_shares
 from mechbench.analyses.attribution.reducers import AttentionViews
-from mechbench.core.tidy import to_tidy
+from mechbench.core.tidy import ExtraColumns, to_tidy
 from mechbench.stats import pearson, spearman, topk_overlap
 
 ANALYSIS = "attribution"
@@ -28,6 +28,9 @@ GROUNDING_SHARE = "grounding_share"
 
 INT_COLUMNS = ("layer", "head", "position", "step", "passage", "n_positions", "n_random", "n_passages",
                "prompt_length")
+#: The analysis's own columns and their dtypes; every run writes them all, whatever its methods and views.
+COLUMNS = ExtraColumns(ints=INT_COLUMNS, booleans=("cited",),
+                       always=(*INT_COLUMNS, "method", "view", "ranking", "token", "segment", "target"))
 
 
 def _view_items(views: AttentionViews) -> list[tuple[str, int | None, int | None, Tensor]]:

@@ -27,9 +27,9 @@ from mechbench.analyses.attribution.metrics import (
 from mechbench.analyses.attribution.reducers import AttentionViews, ViewReducer
 from mechbench.analyses.attribution.rows import (
     ANALYSIS,
+    COLUMNS,
     DELETION,
     INSERTION,
-    INT_COLUMNS,
     TARGET_VALUE,
     _agreement_rows,
     _curve_frame,
@@ -41,7 +41,7 @@ from mechbench.core.embeddings import frozen_parameters, mean_embedding, run_fro
 from mechbench.core.hooked import HookedModel
 from mechbench.core.limits import check_context
 from mechbench.core.recorder import Recorder
-from mechbench.core.tidy import complete_columns
+from mechbench.core.tidy import finish_rows
 from mechbench.errors import CapabilityError, DatasetError
 from mechbench.tasks.grounding import GroundedItem, TargetPrompt, grounding_prompt, load_grounded, load_target_prompts
 
@@ -308,19 +308,14 @@ def run_attribution(model: HookedModel, examples: Sequence[Example], config: Att
             frame["example"] = example.id
             frame["task"] = example.task
             frames.append(frame)
-    frame = complete_columns(pd.concat(frames, ignore_index=True), INT_COLUMNS,
-                             ("method", "view", "ranking", "token", "segment", "target"))
-    if "cited" in frame:
-        frame["cited"] = frame["cited"].astype("boolean")
+    frame = pd.concat(frames, ignore_index=True)
     frame["target_kind"] = [config.target if task == "prompts" else "span" for task in frame["task"]]
     frame["replacement"] = config.replacement
     frame["ig_baseline"] = config.ig_baseline
     frame["ig_steps"] = config.ig_steps
     frame["absolute"] = config.absolute
     frame["exclude_first"] = config.exclude_first
-    frame["analysis"] = ANALYSIS
-    frame["model"] = model.name
-    return frame
+    return finish_rows(frame, ANALYSIS, model.name, COLUMNS)
 
 
 def run_attribution_from_config(model: HookedModel, config: AttributionConfig, progress: bool = True) -> pd.DataFrame:

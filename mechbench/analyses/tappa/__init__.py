@@ -59,6 +59,7 @@ from mechbench.analyses.tappa.reducers import PruneReducer, TappaReducer
 from mechbench.analyses.tappa.rows import (
     ANALYSIS,
     BLOCK_INFLUENCE,
+    COLUMNS,
     KV_BUDGET,
     KV_EVICTION_NLL,
     PATTERN_PERIOD,
@@ -73,7 +74,6 @@ from mechbench.analyses.tappa.rows import (
     band_rows,
     pattern_rows,
     qsim_rows,
-    tidy_frame,
 )
 from mechbench.analyses.tappa.runner import (
     _subset,
@@ -93,6 +93,7 @@ from mechbench.analyses.tappa.runner import (
 __all__ = [
     "ANALYSIS",
     "BLOCK_INFLUENCE",
+    "COLUMNS",
     "DISTANCE_MODES",
     "EPS",
     "KV_BUDGET",
@@ -151,7 +152,6 @@ __all__ = [
     "split_heldout",
     "tappa_prune_scores",
     "text_dataset",
-    "tidy_frame",
     "window_bounds",
     "window_dataset",
 ]
@@ -167,6 +167,7 @@ SPEC = AnalysisSpec(
     headline_metrics=(Q_SIMILARITY,),
     check=check_config,
     figures="mechbench.analyses.tappa.figures",
+    columns=COLUMNS,
     text_sharded=True,
     context_length_options=lambda length: {"max_tokens": length},
 )

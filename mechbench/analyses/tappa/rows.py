@@ -15,7 +15,7 @@ from mechbench.analyses.tappa.metrics import (
     predictability,
     rope_frequencies,
 )
-from mechbench.core.tidy import to_tidy
+from mechbench.core.tidy import ExtraColumns, to_tidy
 from mechbench.stats import paired_spearman
 
 ANALYSIS = "tappa"
@@ -39,6 +39,8 @@ SHARE_SCORES = (*PATTERN_TYPES, "diffuse")
 #: Count columns, cast to nullable ``Int64`` in the final frame
 INT_COLUMNS = ("layer", "head", "band", "window", "stride", "n_windows", "n_heads", "n_tokens", "n_examples",
                "budget", "k", "rank")
+#: The analysis's own columns and their dtypes.
+COLUMNS = ExtraColumns(ints=INT_COLUMNS)
 
 
 def qsim_rows(kv_head: Tensor, prune_head: Tensor, prune_layer: Tensor, bi: Tensor, config: TappaConfig,
@@ -94,13 +96,3 @@ def band_rows(bands: Tensor, n_bands: int, rotary_dim: int, base: float) -> list
     return parts
 
 
-def tidy_frame(parts: list[pd.DataFrame], mode: str, model_name: str) -> pd.DataFrame:
-    """All parts in one frame: count columns as ``Int64``, and the ``mode``, ``analysis`` and ``model`` columns."""
-    frame = pd.concat(parts, ignore_index=True)
-    for column in INT_COLUMNS:
-        if column in frame:
-            frame[column] = frame[column].astype("Int64")
-    frame["mode"] = mode
-    frame["analysis"] = ANALYSIS
-    frame["model"] = model_name
-    return frame

@@ -20,6 +20,8 @@ from mechbench.analyses.tappa.metrics import (
 )
 from mechbench.analyses.tappa.reducers import PruneReducer, TappaReducer
 from mechbench.analyses.tappa.rows import (
+    ANALYSIS,
+    COLUMNS,
     KV_BUDGET,
     KV_EVICTION_NLL,
     PRUNE_NLL,
@@ -27,13 +29,13 @@ from mechbench.analyses.tappa.rows import (
     band_rows,
     pattern_rows,
     qsim_rows,
-    tidy_frame,
 )
 from mechbench.core.dataset import TokenDataset
 from mechbench.core.hooked import HookedModel
 from mechbench.core.interventions import PatternEdit, renormalise_to_keys, skip_layers_hooks, text_nll
 from mechbench.core.limits import check_context
 from mechbench.core.recorder import ATTENTION, Batch, Recorder
+from mechbench.core.tidy import finish_rows
 from mechbench.errors import CapabilityError, ConfigError, DatasetError
 from mechbench.tasks.texts import load_texts
 
@@ -254,7 +256,9 @@ def run_tappa(model: HookedModel, dataset: TokenDataset, config: TappaConfig | N
         parts.append(kv_budget_rows(model, dataset, main.kv_qsim, config, progress))
     if config.prune_eval:
         parts.append(prune_rows(model, _subset(dataset, held), bi, prune_layer, config, progress))
-    return tidy_frame(parts, config.mode, model.name)
+    frame = pd.concat(parts, ignore_index=True)
+    frame["mode"] = config.mode
+    return finish_rows(frame, ANALYSIS, model.name, COLUMNS)
 
 
 def run_tappa_from_config(model: HookedModel, config: TappaConfig, progress: bool = True) -> pd.DataFrame:
