@@ -251,6 +251,42 @@ def _mlp_reader(model: HookedModel, layer: int, split: bool) -> str:
     return f"blocks.{layer}.hook_mlp_in" if split else f"blocks.{layer}.ln2.hook_in"
 
 
+def _reader_sites(model: HookedModel, layer: int, split: bool, with_mlps: bool) -> dict[str, str]:
+    """Hook names of a layer's readers: ``q``/``k``/``v`` (per-head inputs when ``split``, else the
+    projections, with ``ln_in``/``ln_out`` of the layer norm to differentiate through) and ``mlp``."""
+    if split:
+        entry = {c: f"blocks.{layer}.hook_{c}_input" for c in ("q", "k", "v")}
+    else:
+        entry = {c: model.hook_name(c, layer) for c in ("q", "k", "v")}
+        ln_in, ln_out = f"blocks.{layer}.ln1.hook_in", f"blocks.{layer}.ln1.hook_out"
+        if model.has_hook(ln_in) and model.has_hook(ln_out):
+            entry.update(ln_in=ln_in, ln_out=ln_out)
+    if with_mlps:
+        entry["mlp"] = _mlp_reader(model, layer, split)
+    return entry
+
+
+def _head_input_gradient(model: HookedModel, layer: int, channel: str, grad: Tensor, entry: Mapping[str, str],
+                         saved: Mapping[str, Tensor], split: bool) -> Tensor:
+    """``[batch, pos, query head, d_model]``: each head's input gradient of one channel (q, k or v), from the
+    gradient read at the channel's hook; without split inputs, back through ``W_{Q,K,V}`` and the layer
+    norm head by head. A KV head's gradient is shared equally by the query heads of its group."""
+    group = model.n_heads // grad.shape[2]
+    if not split:
+        weight = model.head_weight(layer, channel.upper()).detach()
+        per_head = []
+        for h in range(grad.shape[2]):
+            w = weight[h] if weight.shape[0] == grad.shape[2] else weight[h * group]
+            y = grad[:, :, h] @ w.T.to(grad.dtype)
+            if "ln_in" in entry:
+                y = torch.autograd.grad(saved[entry["ln_out"]], saved[entry["ln_in"]], y, retain_graph=True)[0]
+            per_head.append(y)
+        grad = torch.stack(per_head, dim=2)
+    if group > 1:
+        grad = grad.repeat_interleave(group, dim=2) / group
+    return grad.detach()
+
+
 def reader_gradients(model: HookedModel, tokens: Tensor, metric: Metric, hooks: Sequence[Hook] = (),
                      mlps: bool = True) -> Tensor:
     """Gradient of ``metric(logits).sum()`` w.r.t. each *reader's own input* ``[batch, pos, reader, d_model]``.
@@ -272,24 +308,10 @@ def reader_gradients(model: HookedModel, tokens: Tensor, metric: Metric, hooks: 
     gradient w.r.t. it is the sum over everything downstream of that residual (the MLP, later heads
     and MLPs, the logits), not the MLP's own input gradient.
     """
-    n_heads = model.n_heads
     with_mlps = mlps and has_mlps(model)
     split = supports_split_inputs(model)
-    names: list[str] = []
-    per_layer: list[dict[str, str]] = []
-    for layer in range(model.n_layers):
-        entry = {}
-        if split:
-            entry.update({c: f"blocks.{layer}.hook_{c}_input" for c in ("q", "k", "v")})
-        else:
-            entry.update({c: model.hook_name(c, layer) for c in ("q", "k", "v")})
-            ln_in, ln_out = f"blocks.{layer}.ln1.hook_in", f"blocks.{layer}.ln1.hook_out"
-            if ln_in in model.bridge.hook_dict and ln_out in model.bridge.hook_dict:
-                entry.update(ln_in=ln_in, ln_out=ln_out)
-        if with_mlps:
-            entry["mlp"] = _mlp_reader(model, layer, split)
-        per_layer.append(entry)
-        names += list(entry.values())
+    per_layer = [_reader_sites(model, layer, split, with_mlps) for layer in range(model.n_layers)]
+    names = [name for entry in per_layer for name in entry.values()]
     final = _final_reader(model)
     names.append(final)
     saved: dict[str, Tensor] = {}
@@ -309,24 +331,8 @@ def reader_gradients(model: HookedModel, tokens: Tensor, metric: Metric, hooks: 
             qkv, rest = grads[:3 * model.n_layers], grads[3 * model.n_layers:]
             parts = []
             for layer, entry in enumerate(per_layer):
-                channels = []
-                for c_index, channel in enumerate(("q", "k", "v")):
-                    g = qkv[3 * layer + c_index].detach()
-                    group = n_heads // g.shape[2]
-                    if not split:  # back through W_{Q,K,V} and the layer norm, head by head
-                        weight = model.head_weight(layer, channel.upper()).detach()
-                        per_head = []
-                        for h in range(g.shape[2]):
-                            w = weight[h] if weight.shape[0] == g.shape[2] else weight[h * group]
-                            y = g[:, :, h] @ w.T.to(g.dtype)
-                            if "ln_in" in entry:
-                                y = torch.autograd.grad(saved[entry["ln_out"]], saved[entry["ln_in"]], y,
-                                                        retain_graph=True)[0]
-                            per_head.append(y)
-                        g = torch.stack(per_head, dim=2)
-                    if group > 1:
-                        g = g.repeat_interleave(group, dim=2) / group
-                    channels.append(g.detach())
+                channels = [_head_input_gradient(model, layer, channel, qkv[3 * layer + c_index].detach(), entry,
+                                                 saved, split) for c_index, channel in enumerate(("q", "k", "v"))]
                 parts.append(torch.stack(channels, dim=3).flatten(2, 3))
                 if "mlp" in entry:
                     parts.append(rest.pop(0).detach()[:, :, None])

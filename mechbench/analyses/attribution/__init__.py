@@ -32,7 +32,7 @@ resolutions (max or mean over segments) is :func:`pool_segments` / :func:`pool_t
 comparison of a token-level map with a passage-level one uses it.
 
 Grounding (XKD-Dial, Pandya 2026, arXiv 2603.18911; its definitions are known from the abstract
-only, so the following are [INFERRED], after ``shared/reference/metrics.md`` §7): for a prompt with
+only, so the following are [INFERRED], see ``docs/metrics/attribution.md``): for a prompt with
 knowledge passages and an answer drawn from passage ``c``, the share of attention mass (the views
 above), of ``|attribution|`` (each gradient method) and of positive occlusion effect (each passage
 replaced as a whole) that falls on passage ``c`` among all passages; the passages' share of the

@@ -1,6 +1,6 @@
 """Circuit discovery and circuit overlap across tasks (IOI, Colored Objects, induction, user pairs).
 
-Definitions: ``shared/reference/metrics.md`` §4 and §8; user docs ``docs/metrics/circuits.md``.
+Definitions and user docs: ``docs/metrics/circuits.md``.
 Every method scores the components of a model on a *pair task* (clean/corrupt prompts, answer and
 wrong-answer tokens; :mod:`mechbench.tasks.circuit_tasks`) with the logit difference
 ``LD = logit(answer) - logit(wrong)`` at the end position (Wang et al. 2022, arXiv 2211.00593):

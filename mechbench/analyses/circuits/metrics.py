@@ -37,7 +37,7 @@ def logit_diff(logits: Tensor, end: Tensor, answer: Tensor, wrong: Tensor) -> Te
 
 def normalised_patching(patched: Tensor | float, clean: Tensor | float, corrupt: Tensor | float,
                         direction: Direction) -> Tensor:
-    """Normalised patching metric (TransformerLens / ARENA conventions, metrics.md §4.3).
+    """Normalised patching metric (TransformerLens / ARENA conventions; ``docs/metrics/circuits.md``).
 
     * ``denoising`` (corrupt run, one node restored from the clean run):
       ``(m_patched - m_corrupt) / (m_clean - m_corrupt)``: 0 = no effect, 1 = the node alone restores
@@ -71,7 +71,7 @@ def attribution_scores(delta: Tensor, grad: Tensor, positions: Tensor | None = N
 
 
 def direct_logit_attribution(results: Tensor, scale: Tensor, direction: Tensor, center: bool) -> Tensor:
-    """Direct logit attribution of components at the end position (Lieberum et al. 2023; metrics.md §8).
+    """Direct logit attribution of components at the end position (Lieberum et al. 2023).
 
     ``DLA_c = LN_frozen(o_c) · (W_U[:, answer] - W_U[:, wrong])`` where ``LN_frozen`` divides by the
     final norm's scale of the *full* clean residual (and centres, for LayerNorm), so the DLA of all

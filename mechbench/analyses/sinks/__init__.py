@@ -11,7 +11,7 @@ Definitions (``docs/metrics/sinks.md``):
 * Sink rate ``Sink_k^eps`` (Gu et al.): the percentage of (example, layer, head) triples with
   ``alpha[l, h, k] > eps``; the paper uses ``eps = 0.3`` on the first ``T = 64`` tokens.
 
-* Hidden sinks (ACT, Yu et al. 2024, ``models/llama_modelling_aug.py``): per head and input, the
+* Hidden sinks (ACT, Yu et al. 2024, ``GATECH-EIC/ACT`` ``models/llama_modelling_aug.py``): per head and input, the
   positions whose sink score exceeds 0.1, minus the first such position (normally position 0).
 * Massive activations (Sun et al. 2024, ``locuslab/massive-activations`` ``main_llm.py --exp2``):
   per layer, the top ``|h|`` entries of the residual stream over tokens x channels and the median
