@@ -336,9 +336,9 @@ def perturbation_curves(frame: pd.DataFrame, title: str, value_label: str = "tar
 
 
 def line_plot(frame: pd.DataFrame, x: str, title: str, group: str | None = None, x_label: str | None = None,
-              value_label: str = "value") -> go.Figure:
+              value_label: str = "value", log_x: bool = False) -> go.Figure:
     """``value`` against column ``x`` (e.g. ``layer``, ``k``), one line per ``group`` value (mean over any
-    other rows with the same ``x``)."""
+    other rows with the same ``x``); ``log_x`` for sizes that grow geometrically."""
     parts = frame.groupby(group, sort=True) if group is not None else [(value_label, frame)]
     figure = go.Figure()
     for name, part in parts:
@@ -346,6 +346,8 @@ def line_plot(frame: pd.DataFrame, x: str, title: str, group: str | None = None,
         figure.add_trace(go.Scatter(x=line.index, y=line.to_numpy(), mode="lines+markers", name=str(name)))
     figure.update_layout(title=title, xaxis_title=x_label or x, yaxis_title=value_label, height=360,
                          showlegend=group is not None)
+    if log_x:
+        figure.update_xaxes(type="log")
     return figure
 
 

@@ -338,3 +338,37 @@ def test_cli_writes_circuit_rows_and_the_notebook_plots_them(tmp_path, run_noteb
     figures = run_notebook("circuit_overlap.ipynb", tmp_path / "store")
     assert run_notebook.namespace["run_id"] == "c1"  # the stored run, not the notebook's demo run
     assert len(figures) >= 3 and all(len(figure.data) > 0 for figure in figures)
+
+
+# ---------------------------------------------------------------------------- faithfulness curves
+def test_curve_sizes_and_the_smallest_faithful_size():
+    assert C.curve_sizes(1000, 4) == [1, 10, 100, 1000]
+    assert C.curve_sizes(5, 12) == [1, 2, 3, 4, 5]
+    assert C.curve_sizes(7, 2) == [1, 7] and C.curve_sizes(1, 5) == [1] and C.curve_sizes(0, 5) == []
+    assert C.smallest_faithful([1, 2, 4, 8], [0.1, 0.5, 0.9, 1.0], 0.8) == (4, True)
+    assert C.smallest_faithful([1, 2, 4, 8], [0.1, 0.7, 0.6, 0.7], 0.8) == (2, False)  # the most faithful, smallest
+    assert C.smallest_faithful([1, 2], [float("nan")] * 2, 0.5) == (2, False)
+
+
+@pytest.mark.parametrize("method", ["eap", "attribution_patching"])
+def test_circuit_at_a_stated_faithfulness_is_the_planted_circuit(soft_planted, planted_pairs, method):
+    """The curve ranks the planted circuit's edges (or nodes) first: one item does not carry the behaviour,
+    the planted pair does, fully; so the target picks exactly that circuit."""
+    config = C.CircuitsConfig(tasks=["induction"], methods=[method], circuit_method=method,
+                              faithfulness_target=0.99, curve_points=8, n_permutations=10)
+    frame = C.run_circuits(soft_planted, [planted_pairs], config, progress=False)
+    curve = frame[frame["metric"] == "faithfulness_curve"].sort_values("circuit_size")
+    assert curve["circuit_size"].is_monotonic_increasing and curve["n_nodes"].is_monotonic_increasing
+    assert float(curve["value"].iloc[0]) < 0.6  # the top item alone (one node)
+    members = set(frame.loc[frame["metric"] == "in_circuit", "node"])
+    assert members == {n.label for n in CIRCUIT}
+    chosen = frame[frame["metric"] == "faithfulness_normalised"]
+    assert float(chosen["value"].iloc[0]) == pytest.approx(1.0, abs=1e-5)
+    assert bool(chosen["target_reached"].iloc[0]) and float(chosen["faithfulness_target"].iloc[0]) == 0.99
+    smallest = curve[curve["value"] >= 0.99]["circuit_size"].min()
+    assert int(curve.loc[curve["circuit_size"] == smallest, "n_nodes"].iloc[0]) == 2
+
+
+def test_a_curve_needs_a_ranking_method():
+    with pytest.raises(ValueError, match="faithfulness curve needs one ranking"):
+        C.CircuitsConfig(methods=["path_patching"], circuit_method="path_patching", faithfulness_curve=True)

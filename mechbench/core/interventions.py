@@ -135,11 +135,11 @@ def start_recent_keys(length: int, start_size: int, recent_size: int) -> Tensor:
 def uniform_attention(pattern: Tensor, heads: Sequence[int], causal: bool = True) -> Tensor:
     """Replace the rows of ``heads`` by uniform attention over the keys each query can see.
 
-    This is head masking as in Wu et al. 2024 (``nightdessert/Retrieval_Head`` ``needle_in_haystack_with_mask.py``): a zero query
-    (or zeroed pre-softmax scores) makes every visible key score the same. ``pattern`` is
-    ``[batch, head, query, key]``; with ``causal`` the ``q`` queries are the last ``q`` of ``k``
-    positions (a prefill has ``q == k``, a cached decode step ``q == 1``) and query ``i`` sees keys
-    ``0 .. k - q + i``; without padding on the left.
+    This is head masking as in Wu et al. 2024 (``nightdessert/Retrieval_Head``
+    ``needle_in_haystack_with_mask.py``): a zero query (or zeroed pre-softmax scores) makes every
+    visible key score the same. ``pattern`` is ``[batch, head, query, key]``; with ``causal`` the ``q``
+    queries are the last ``q`` of ``k`` positions (a prefill has ``q == k``, a cached decode step
+    ``q == 1``) and query ``i`` sees keys ``0 .. k - q + i``; without padding on the left.
     """
     n_query, n_key = pattern.shape[-2:]
     if causal:

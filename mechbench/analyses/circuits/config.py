@@ -44,6 +44,14 @@ class CircuitsConfig(StrictModel):
     ablation: Ablation = Field("mean", description="how non-circuit nodes are ablated for faithfulness: mean "
                                "(over the corrupt prompts), corrupt (own corrupt prompt) or zero")
     ig_steps: PositiveInt = Field(5, description="EAP-IG interpolation steps (reference default 30)")
+    faithfulness_curve: bool = Field(False, description="also measure the normalised faithfulness of the "
+                                     "circuit method's top-k items (edges for eap/eap_ig, nodes otherwise) at "
+                                     "curve_points sizes from 1 to all; one ablated forward pass per size and batch")
+    faithfulness_target: float | None = Field(None, gt=0, le=1, description="choose each task's circuit as "
+                                              "the smallest size on the faithfulness curve whose normalised "
+                                              "faithfulness reaches this (instead of rule / edge_rule); "
+                                              "implies faithfulness_curve")
+    curve_points: PositiveInt = Field(12, ge=2, description="sizes on the faithfulness curve (geometric)")
     n_permutations: PositiveInt = Field(1000, description="random head sets for the overlap baseline")
     seed: Seed = Field(0, description="seed of the task generators and the permutation baseline")
     batch_size: PositiveInt = Field(16, description="prompt pairs per forward (and backward) pass")
@@ -52,7 +60,15 @@ class CircuitsConfig(StrictModel):
     def _circuit_method_is_run(self) -> CircuitsConfig:
         if self.circuit_method not in self.methods:
             raise ValueError(f"circuit_method {self.circuit_method!r} must be one of methods {self.methods}")
+        if self.wants_curve and self.circuit_method == "path_patching":
+            raise ValueError("a faithfulness curve needs one ranking of items; path patching chooses heads per "
+                             "stage: use another circuit_method or drop faithfulness_curve/faithfulness_target")
         return self
+
+    @property
+    def wants_curve(self) -> bool:
+        """Whether a faithfulness curve is measured (asked for, or needed to meet a target)."""
+        return self.faithfulness_curve or self.faithfulness_target is not None
 
 
 def check_config(config: CircuitsConfig, data: bool = True) -> None:

@@ -261,31 +261,43 @@ def ablated_logit_diff(model: HookedModel, pairs: PairTokens, keep: Iterable[Nod
     distribution, e.g. ABC prompts for IOI, as in Wang et al.'s mean ablation); ``corrupt``: by its
     value on the example's own corrupt prompt; ``zero``: by 0.
     """
-    keep = set(keep)
-    ablate = [n for n in nodes if n not in keep]
+    return ablated_logit_diffs(model, pairs, [keep], nodes, ablation, batch_size)[0]
+
+
+def ablated_logit_diffs(model: HookedModel, pairs: PairTokens, circuits: Sequence[Iterable[Node]],
+                        nodes: Sequence[Node], ablation: Ablation = "mean", batch_size: int = 16) -> list[float]:
+    """:func:`ablated_logit_diff` of several circuits, the ablation values (means, corrupt caches)
+    computed once for all of them."""
     names = patching.node_hook_names(model, nodes)
-    means: dict[str, Tensor] | None = None
-    if ablation == "mean":
-        sums: dict[str, Tensor] = {}
-        count = 0
-        for part in chunks(pairs, batch_size):
-            _, acts = patching.cache(model, part.corrupt, names)
-            for name, mean in patching.mean_activations(acts, part.end + 1).items():
-                weight = float((part.end + 1).sum())
-                sums[name] = sums.get(name, 0) + mean * weight
-            count += int((part.end + 1).sum())
-        means = {name: value / count for name, value in sums.items()}
-    total = 0.0
+    means = _corrupt_means(model, pairs, names, batch_size) if ablation == "mean" else None
+    totals = [0.0] * len(circuits)
     for part in chunks(pairs, batch_size):
-        if ablation == "mean":
+        if means is not None:
             source = means
         elif ablation == "corrupt":
             source = patching.cache(model, part.corrupt, names)[1]
         else:
             source = {name: torch.zeros(()) for name in names}
-        hooks = patching.patch_nodes_hooks(model, ablate, source) if ablate else []
-        total += float(pair_metric(part)(patching.forward(model, part.clean, hooks)).double().sum())
-    return total / len(pairs)
+        for index, keep in enumerate(circuits):
+            kept = set(keep)
+            ablate = [n for n in nodes if n not in kept]
+            hooks = patching.patch_nodes_hooks(model, ablate, source) if ablate else []
+            totals[index] += float(pair_metric(part)(patching.forward(model, part.clean, hooks)).double().sum())
+    return [total / len(pairs) for total in totals]
+
+
+def _corrupt_means(model: HookedModel, pairs: PairTokens, names: Sequence[str], batch_size: int
+                   ) -> dict[str, Tensor]:
+    """Each hook point's activation averaged over the corrupt prompts' examples and real positions."""
+    sums: dict[str, Tensor] = {}
+    count = 0
+    for part in chunks(pairs, batch_size):
+        _, acts = patching.cache(model, part.corrupt, names)
+        weight = float((part.end + 1).sum())
+        for name, mean in patching.mean_activations(acts, part.end + 1).items():
+            sums[name] = sums[name] + mean * weight if name in sums else mean * weight
+        count += int((part.end + 1).sum())
+    return {name: value / count for name, value in sums.items()}
 
 
 # ---------------------------------------------------------------------------- EAP / EAP-IG

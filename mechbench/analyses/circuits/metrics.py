@@ -118,6 +118,27 @@ def faithfulness(circuit: float, full: float, empty: float | None = None) -> dic
     return out
 
 
+def curve_sizes(n_items: int, n_points: int) -> list[int]:
+    """Circuit sizes of a faithfulness curve: ``n_points`` sizes spaced geometrically from 1 to ``n_items``
+    (rounded, duplicates dropped), so small circuits are sampled densely and the full ranking is the last."""
+    if n_items < 1:
+        return []
+    if n_points < 2 or n_items == 1:
+        return [n_items]
+    return sorted({max(1, round(n_items ** (i / (n_points - 1)))) for i in range(n_points)})
+
+
+def smallest_faithful(sizes: Sequence[int], normalised: Sequence[float], target: float) -> tuple[int, bool]:
+    """The smallest circuit size of a curve whose normalised faithfulness reaches ``target`` (Hanna et al.
+    2024 choose circuits at a stated faithfulness, not at a fixed size), and whether one does; when none
+    does, the most faithful size (the first of equals)."""
+    for size, value in zip(sizes, normalised, strict=True):
+        if value >= target:
+            return size, True
+    finite = [(value, -size) for size, value in zip(sizes, normalised, strict=True) if not math.isnan(value)]
+    return (-max(finite)[1], False) if finite else (sizes[-1], False)
+
+
 def overlap(a: Iterable[Any], b: Iterable[Any]) -> dict[str, float]:
     """``|A∩B|/|A|``, ``|A∩B|/|B|`` and Jaccard ``|A∩B|/|A∪B|`` of two circuits (sets of heads or edges).
 

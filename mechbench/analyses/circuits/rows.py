@@ -9,7 +9,15 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from mechbench.analyses.circuits.metrics import JACCARD, OVERLAP_A, OVERLAP_B, overlap_permutation_test
+from mechbench.analyses.circuits.metrics import (
+    FAITHFULNESS,
+    FAITHFULNESS_NORMALISED,
+    JACCARD,
+    OVERLAP_A,
+    OVERLAP_B,
+    faithfulness,
+    overlap_permutation_test,
+)
 from mechbench.core.patching import Node
 from mechbench.core.tidy import ExtraColumns
 from mechbench.tasks.circuit_tasks import PairTokens
@@ -32,6 +40,7 @@ EAP = "eap"
 EAP_IG = "eap_ig"
 CIRCUIT_LOGIT_DIFF = "circuit_logit_diff"
 ABLATED_LOGIT_DIFF = "ablated_logit_diff"
+FAITHFULNESS_CURVE = "faithfulness_curve"
 IN_CIRCUIT = "in_circuit"
 #: the overlap statistics (keys of :func:`~mechbench.analyses.circuits.metrics.overlap`)
 OVERLAP_METRICS: tuple[str, ...] = (OVERLAP_A, OVERLAP_B, JACCARD)
@@ -75,11 +84,27 @@ def edge_rows(table: Mapping[tuple[str, str], float], kept: set[tuple[str, str]]
 
 
 def faithfulness_rows(scores: Mapping[str, float], with_circuit: float, empty: float, circuit_size: int,
-                      method: str, ablation: str) -> pd.DataFrame:
-    """The faithfulness scores and the two ablated logit differences they come from."""
-    return pd.DataFrame({"metric": [*scores, CIRCUIT_LOGIT_DIFF, ABLATED_LOGIT_DIFF],
-                         "value": [*scores.values(), with_circuit, empty], "circuit_size": circuit_size,
-                         "method": method, "ablation": ablation})
+                      method: str, ablation: str, target: float | None = None,
+                      reached: bool | None = None) -> pd.DataFrame:
+    """The faithfulness scores and the two ablated logit differences they come from; with a
+    ``target`` (the circuit chosen at a stated faithfulness) also whether it was ``reached``."""
+    frame = pd.DataFrame({"metric": [*scores, CIRCUIT_LOGIT_DIFF, ABLATED_LOGIT_DIFF],
+                          "value": [*scores.values(), with_circuit, empty], "circuit_size": circuit_size,
+                          "method": method, "ablation": ablation})
+    if target is not None:
+        frame["faithfulness_target"], frame["target_reached"] = target, reached
+    return frame
+
+
+def curve_rows(sizes: Sequence[int], n_nodes: Sequence[int], logit_diffs: Sequence[float], full: float,
+               empty: float, method: str, ablation: str) -> pd.DataFrame:
+    """One ``faithfulness_curve`` row per size: the normalised faithfulness of the top-``circuit_size``
+    items (``n_nodes`` nodes), with its plain faithfulness and logit difference beside it."""
+    scores = [faithfulness(ld, full, empty) for ld in logit_diffs]
+    return pd.DataFrame({"metric": FAITHFULNESS_CURVE, "value": [s[FAITHFULNESS_NORMALISED] for s in scores],
+                         "faithfulness_ratio": [s[FAITHFULNESS] for s in scores], "circuit_ld": list(logit_diffs),
+                         "circuit_size": list(sizes), "n_nodes": list(n_nodes), "method": method,
+                         "ablation": ablation})
 
 
 def member_rows(members: Sequence[Node], method: str, stages_by_class: Mapping[str, set[str]]) -> pd.DataFrame:
@@ -111,6 +136,6 @@ def overlap_rows(circuits: Mapping[str, set[str]], universe: Sequence[str], n_pe
 
 
 #: The analysis's own columns and their dtypes.
-COLUMNS = ExtraColumns(ints=("stage", "circuit_size", "n_examples", "size_a", "size_b", "size_both", "n_universe",
-                             "n_permutations"),
-                       booleans=("in_circuit", "in_stage_circuit"))
+COLUMNS = ExtraColumns(ints=("stage", "circuit_size", "n_nodes", "n_examples", "size_a", "size_b", "size_both",
+                             "n_universe", "n_permutations"),
+                       booleans=("in_circuit", "in_stage_circuit", "target_reached"))

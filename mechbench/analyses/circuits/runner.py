@@ -12,6 +12,7 @@ from torch import Tensor
 from mechbench.analyses.circuits.config import CircuitsConfig, check_config
 from mechbench.analyses.circuits.methods import (
     ablated_logit_diff,
+    ablated_logit_diffs,
     activation_patching,
     attribution_patching,
     baseline,
@@ -21,7 +22,14 @@ from mechbench.analyses.circuits.methods import (
     path_patching_stages,
     upstream_labels,
 )
-from mechbench.analyses.circuits.metrics import edge_nodes, faithfulness, select_top
+from mechbench.analyses.circuits.metrics import (
+    FAITHFULNESS_NORMALISED,
+    curve_sizes,
+    edge_nodes,
+    faithfulness,
+    select_top,
+    smallest_faithful,
+)
 from mechbench.analyses.circuits.rows import (
     ACT_PATCH,
     ANALYSIS,
@@ -32,6 +40,7 @@ from mechbench.analyses.circuits.rows import (
     EAP_IG,
     _node_rows,
     baseline_rows,
+    curve_rows,
     edge_rows,
     faithfulness_rows,
     member_rows,
@@ -83,10 +92,10 @@ def _path_patching_rows(model: HookedModel, pairs: PairTokens, config: CircuitsC
 
 
 def _edge_method_rows(model: HookedModel, pairs: PairTokens, config: CircuitsConfig, gap: float
-                      ) -> tuple[list[pd.DataFrame], dict[str, set[tuple[str, str]]]]:
-    """Rows of the edge methods (EAP, EAP-IG) and the edges each keeps by ``edge_rule``."""
+                      ) -> tuple[list[pd.DataFrame], dict[str, dict[tuple[str, str], float]]]:
+    """Rows of the edge methods (EAP, EAP-IG) and each method's edge scores ``{(sender, receiver): score}``."""
     frames = []
-    kept_by_method: dict[str, set[tuple[str, str]]] = {}
+    tables: dict[str, dict[tuple[str, str], float]] = {}
     for method in (EAP, EAP_IG):
         if method not in config.methods:
             continue
@@ -96,8 +105,22 @@ def _edge_method_rows(model: HookedModel, pairs: PairTokens, config: CircuitsCon
                  if not math.isnan(float(scores[i, j]))}
         kept = set(select_top(table, config.edge_rule, config.edge_rule_value))
         frames.append(edge_rows(table, kept, gap, method))
-        kept_by_method[method] = kept
-    return frames, kept_by_method
+        tables[method] = table
+    return frames, tables
+
+
+def _ranked_circuits(config: CircuitsConfig, node_scores: dict[str, Tensor], edge_tables: dict[str, dict],
+                     nodes: Sequence[Node]) -> tuple[list[set[str]], list[int]]:
+    """The circuits (node labels) of the circuit method's top-k items at each size of the faithfulness
+    curve, and those sizes: top-k edges' nodes for eap/eap_ig, top-k nodes for node methods."""
+    if config.circuit_method in edge_tables:
+        edges = select_top(edge_tables[config.circuit_method], "top_k", len(edge_tables[config.circuit_method]))
+        sizes = curve_sizes(len(edges), config.curve_points)
+        return [edge_nodes(edges[:k]) for k in sizes], sizes
+    table = {n.label: float(s) for n, s in zip(nodes, node_scores[config.circuit_method], strict=True)}
+    ranked = select_top(table, "top_k", len(table))
+    sizes = curve_sizes(len(ranked), config.curve_points)
+    return [set(ranked[:k]) for k in sizes], sizes
 
 
 def task_circuit(model: HookedModel, pairs: PairTokens, config: CircuitsConfig, progress: bool = False
@@ -119,20 +142,32 @@ def task_circuit(model: HookedModel, pairs: PairTokens, config: CircuitsConfig, 
         frames += stage_frames
         if config.circuit_method == "path_patching":
             circuit = set().union(*stages_by_class.values()) if stages_by_class else set()
-    edge_frames, kept_by_method = _edge_method_rows(model, pairs, config, float(clean.mean() - corrupt.mean()))
-    if config.circuit_method in kept_by_method:
-        circuit = edge_nodes(kept_by_method[config.circuit_method])
+    edge_frames, edge_tables = _edge_method_rows(model, pairs, config, float(clean.mean() - corrupt.mean()))
+    if config.circuit_method in edge_tables:
+        table = edge_tables[config.circuit_method]
+        circuit = edge_nodes(select_top(table, config.edge_rule, config.edge_rule_value))
     frames += edge_frames
     if config.circuit_method in node_scores:
         table = {n.label: float(s) for n, s in zip(nodes, node_scores[config.circuit_method], strict=True)}
         circuit = set(select_top(table, config.rule, config.rule_value))
-    members = [n for n in nodes if n.label in circuit]
     full = float(clean.mean())
-    with_circuit = ablated_logit_diff(model, pairs, members, nodes, config.ablation, config.batch_size)
     empty = ablated_logit_diff(model, pairs, [], nodes, config.ablation, config.batch_size)
+    reached = None
+    if config.wants_curve:
+        circuits, sizes = _ranked_circuits(config, node_scores, edge_tables, nodes)
+        members_at = [[n for n in nodes if n.label in c] for c in circuits]
+        lds = ablated_logit_diffs(model, pairs, members_at, nodes, config.ablation, config.batch_size)
+        frames.append(curve_rows(sizes, [len(m) for m in members_at], lds, full, empty, config.circuit_method,
+                                 config.ablation))
+        if config.faithfulness_target is not None:
+            normalised = [faithfulness(ld, full, empty)[FAITHFULNESS_NORMALISED] for ld in lds]
+            chosen, reached = smallest_faithful(sizes, normalised, config.faithfulness_target)
+            circuit = circuits[sizes.index(chosen)]
+    members = [n for n in nodes if n.label in circuit]
+    with_circuit = ablated_logit_diff(model, pairs, members, nodes, config.ablation, config.batch_size)
     scores = faithfulness(with_circuit, full, empty)
     frames.append(faithfulness_rows(scores, with_circuit, empty, len(members), config.circuit_method,
-                                    config.ablation))
+                                    config.ablation, config.faithfulness_target, reached))
     frames.append(member_rows(members, config.circuit_method, stages_by_class))
     frame = pd.concat(frames, ignore_index=True)
     frame["task"] = task
