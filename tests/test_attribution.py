@@ -23,6 +23,7 @@ from mechbench.analyses.attribution import (
     attention_rollout,
     build_example,
     check_config,
+    converged_integrated_gradients,
     curve_area,
     curve_points,
     drop_occlusion,
@@ -340,3 +341,43 @@ def test_analyze_attribution_end_to_end(tmp_path, tiny_llama_dir, run_notebook):
     shown = run_notebook("attention_vs_saliency.ipynb", tmp_path / "store")
     assert len(shown) == 6  # token heatmap, scatter, correlation table, per-layer r, deletion curves, grounding
     assert all(len(figure.data) > 0 for figure in shown)
+
+
+# ---------------------------------------------------------------------------- IG under a tolerance
+def test_ig_points_double_until_the_completeness_error_holds():
+    """f(e) = sum sin(3 e): two Gauss-Legendre points leave a large completeness error, which falls fast as
+    points double; each example is refined on its own, and one that cannot meet the tolerance is flagged."""
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.rand(3, 4, 2, generator=generator) * torch.tensor([0.1, 1.0, 2.0])[:, None, None]
+
+    def forward_for(rows):
+        return lambda e: torch.sin(3 * e).sum((1, 2))
+
+    baselines = torch.zeros_like(embeddings)
+    scores, delta, points, converged = converged_integrated_gradients(forward_for, embeddings, baselines, 2,
+                                                                      1e-6, 64)
+    gap = torch.sin(3 * embeddings).sum((1, 2))
+    assert bool(converged.all()) and bool((delta.abs() <= 1e-6 * gap.abs()).all())
+    assert points[0] < points[2] and int(points.max()) <= 64  # the nearly linear example needs fewer points
+    torch.testing.assert_close(scores.sum(-1), gap, atol=1e-5, rtol=1e-5)
+    # capped at 4 points: the widest example (|delta| 4e-3 of a gap near 1) cannot meet 1e-6 and is flagged
+    _, _, points_capped, converged_capped = converged_integrated_gradients(forward_for, embeddings, baselines, 2,
+                                                                           1e-6, 4)
+    assert points_capped.tolist() == [2, 4, 4] and converged_capped.tolist() == [True, True, False]
+    with pytest.raises(ValueError, match=r"ig_max_steps \(8\) is below ig_steps \(32\)"):
+        AttributionConfig(ig_tolerance=0.05, ig_max_steps=8)
+
+
+def test_runner_flags_the_points_and_convergence_of_each_example(tiny_llama):
+    config = AttributionConfig(methods=["integrated_gradients"], views=["all"], ig_steps=2, ig_tolerance=0.01,
+                               ig_max_steps=64, curve_steps=0)
+    examples = [build_example(tiny_llama, "cat", "the cat sat on the mat . the cat", " sat", "next_token"),
+                build_example(tiny_llama, "dog", "he saw the big dog", " ran", "next_token")]
+    frame = run_attribution(tiny_llama, examples, config, progress=False)
+    errors = frame[frame["metric"] == "ig_relative_error"].set_index("example")
+    assert set(errors.index) == {"cat", "dog"} and errors["ig_points"].dtype == "Int64"
+    for _, row in errors.iterrows():
+        assert bool(row["ig_converged"]) == (row["value"] <= 0.01)
+        assert int(row["ig_points"]) in (2, 4, 8, 16, 32, 64)
+        if int(row["ig_points"]) < 64:
+            assert bool(row["ig_converged"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from mechbench.config import Seed, StrictModel
 from mechbench.errors import ConfigError
@@ -33,6 +33,12 @@ class AttributionConfig(StrictModel):
     methods: list[Method] = Field(list(METHODS), min_length=1, description="attribution methods")
     views: list[View] = Field(list(VIEWS), min_length=1, description="attention views compared with them")
     ig_steps: PositiveInt = Field(32, description="integration points of integrated gradients")
+    ig_tolerance: float | None = Field(None, gt=0, description="largest relative completeness error "
+                                       "|sum IG - (f(x) - f(baseline))| / |f(x) - f(baseline)| accepted: examples "
+                                       "above it are integrated again with twice the points, up to ig_max_steps, "
+                                       "and flagged ig_converged = false if they never meet it (null: ig_steps once)")
+    ig_max_steps: PositiveInt = Field(256, description="cap on the points of one example's integral under "
+                                      "ig_tolerance")
     ig_method: Literal["gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "riemann_right"] = (
         Field("gausslegendre", description="captum quadrature rule of integrated gradients"))
     ig_baseline: Literal["zero", "pad", "mean"] = Field("pad", description="IG baseline at every position: the pad "
@@ -52,6 +58,13 @@ class AttributionConfig(StrictModel):
     store_head_maps: bool = Field(False, description="also store every head's attention map per position (large)")
     seed: Seed = Field(0, description="seed of the random orders")
     batch_size: PositiveInt = Field(4, description="prompts per forward pass")
+
+    @model_validator(mode="after")
+    def _cap_holds_the_first_integral(self) -> AttributionConfig:
+        if self.ig_tolerance is not None and self.ig_max_steps < self.ig_steps:
+            raise ValueError(f"ig_max_steps ({self.ig_max_steps}) is below ig_steps ({self.ig_steps}); raise the cap "
+                             "or lower ig_steps")
+        return self
 
 
 def check_config(config: AttributionConfig, data: bool = True) -> None:

@@ -125,6 +125,35 @@ def integrated_gradients(forward: Forward, embeddings: Tensor, baselines: Tensor
     return attributions.sum(-1).detach(), delta.reshape(-1).detach()
 
 
+def converged_integrated_gradients(forward_for: Callable[[Tensor], Forward], embeddings: Tensor, baselines: Tensor,
+                                   n_steps: int, tolerance: float, max_steps: int, method: str = "gausslegendre",
+                                   internal_batch_size: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`integrated_gradients` with its quadrature error controlled per example.
+
+    The relative completeness error ``|delta| / |f(e) - f(b)|`` (``delta`` as in
+    :func:`integrated_gradients`) must be at most ``tolerance``: examples above it are integrated again
+    with twice the points, until they meet it or ``max_steps`` points were used. ``forward_for(rows)``
+    is the forward of the examples ``rows`` (an index tensor) alone. Returns ``(scores [B, pos],
+    delta [B], points [B], converged [B] bool)``; an example that never met the tolerance keeps its
+    ``max_steps``-point result and ``converged`` False.
+    """
+    rows = torch.arange(embeddings.shape[0])
+    forward = forward_for(rows)
+    with torch.no_grad():
+        gap = (forward(embeddings.detach()) - forward(baselines.detach())).abs().clamp_min(1e-12)
+    scores, delta = integrated_gradients(forward, embeddings, baselines, n_steps, method, internal_batch_size)
+    points = torch.full((len(rows),), n_steps)
+    steps = n_steps
+    todo = rows[delta.abs() > tolerance * gap]
+    while todo.numel() and steps * 2 <= max_steps:
+        steps *= 2
+        refined, refined_delta = integrated_gradients(forward_for(todo), embeddings[todo], baselines[todo], steps,
+                                                      method, internal_batch_size)
+        scores[todo], delta[todo], points[todo] = refined, refined_delta, steps
+        todo = todo[refined_delta.abs() > tolerance * gap[todo]]
+    return scores, delta, points, delta.abs() <= tolerance * gap
+
+
 def occlusion(forward: Forward, embeddings: Tensor, replacement: Tensor, feature_mask: Tensor,
               perturbations_per_eval: int = 1) -> Tensor:
     """Occlusion effect ``f(e) - f(e with feature k replaced)`` (captum ``FeatureAblation``).

@@ -29,7 +29,7 @@ GROUNDING_SHARE = "grounding_share"
 INT_COLUMNS = ("layer", "head", "position", "step", "passage", "n_positions", "n_random", "n_passages",
                "prompt_length")
 #: The analysis's own columns and their dtypes; every run writes them all, whatever its methods and views.
-COLUMNS = ExtraColumns(ints=INT_COLUMNS, booleans=("cited",),
+COLUMNS = ExtraColumns(ints=(*INT_COLUMNS, "ig_points"), booleans=("cited", "ig_converged"),
                        always=(*INT_COLUMNS, "method", "view", "ranking", "token", "segment", "target"))
 
 
@@ -141,5 +141,7 @@ def _token_rows(example: Example, scores: dict[str, Tensor], views: AttentionVie
         frames.append(pd.DataFrame({"metric": [IG_COMPLETENESS_ERROR, IG_RELATIVE_ERROR],
                                     "value": [abs(extras["ig_delta"]), abs(extras["ig_delta"]) / max(abs(gap), 1e-12)],
                                     "f_input": extras[TARGET_VALUE], "f_baseline": extras["ig_baseline_value"],
-                                    "method": "integrated_gradients"}))
+                                    "ig_points": int(extras["ig_points"]), "method": "integrated_gradients",
+                                    "ig_converged": bool(extras["ig_converged"]) if "ig_converged" in extras
+                                    else None}))
     return pd.concat(frames, ignore_index=True)

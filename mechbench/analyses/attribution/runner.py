@@ -16,6 +16,7 @@ from mechbench.analyses.attribution.metrics import (
     Example,
     Forward,
     Target,
+    converged_integrated_gradients,
     curve_masks,
     feature_positions,
     input_x_gradient,
@@ -213,9 +214,19 @@ def _attribute_batch(model: HookedModel, batch: Batch, examples: Sequence[Exampl
         if "integrated_gradients" in config.methods:
             baseline = replacement_embeddings(model, tokens, embeddings, config.ig_baseline, config.replacement_token)
             baseline = torch.where(real, baseline, embeddings)  # pads: baseline = input, attribution 0
-            scores["integrated_gradients"], delta = integrated_gradients(
-                forward, embeddings, baseline, config.ig_steps, config.ig_method, config.internal_batch_size)
-            extras["ig_delta"] = delta.detach()
+            if config.ig_tolerance is None:
+                scores["integrated_gradients"], delta = integrated_gradients(
+                    forward, embeddings, baseline, config.ig_steps, config.ig_method, config.internal_batch_size)
+                points, converged = torch.full_like(delta, config.ig_steps), None
+            else:
+                scores["integrated_gradients"], delta, points, converged = converged_integrated_gradients(
+                    lambda rows: embedding_forward(model, tokens[rows], [targets[i] for i in rows.tolist()],
+                                                   mask[rows]),
+                    embeddings, baseline, config.ig_steps, config.ig_tolerance, config.ig_max_steps,
+                    config.ig_method, config.internal_batch_size)
+            extras["ig_delta"], extras["ig_points"] = delta.detach(), points
+            if converged is not None:
+                extras["ig_converged"] = converged
             with torch.no_grad():
                 extras["ig_baseline_value"] = forward(baseline).detach()
         if "occlusion" in config.methods and config.replacement != "drop":
