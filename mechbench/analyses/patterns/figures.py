@@ -11,7 +11,16 @@ from mechbench.plots import rows_of
 from .rows import METRIC
 
 
+def attention_explorer(frame: pd.DataFrame, example: str) -> go.Figure | None:
+    """The attention pattern of one example, a slider over every head (None without its rows)."""
+    rows = rows_of(frame, METRIC)
+    if not (rows["example"] == str(example)).any():
+        return None
+    return plots.attention_explorer(rows, str(example))
+
+
 def figures(frame: pd.DataFrame) -> list[go.Figure]:
     """One attention explorer per example (a slider over every head)."""
     rows = rows_of(frame, METRIC)
-    return [plots.attention_explorer(rows, str(example)) for example in rows["example"].drop_duplicates()]
+    drawn = (attention_explorer(rows, str(example)) for example in rows["example"].drop_duplicates())
+    return [figure for figure in drawn if figure is not None]
