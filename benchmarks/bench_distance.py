@@ -26,7 +26,7 @@ def prompt_length(length: int) -> int:
 
 def recorded(attention: str) -> Method:
     def run(model: Any, length: int, seed: int) -> dict[str, Any]:
-        from mechbench.analyses.distance import DistanceConfig, record_distance
+        from mechbench.analyses.waad_fai import DistanceConfig, record_distance
         from mechbench.core.dataset import TokenDataset
 
         dataset = TokenDataset(tokens=[random_tokens(model, length, seed)[0]], example_ids=["x"], token_texts=[[]])
@@ -43,7 +43,7 @@ def recorded(attention: str) -> Method:
 def naive(model: Any, length: int, seed: int) -> dict[str, Any]:
     import torch
 
-    from mechbench.analyses.distance import DistanceConfig, fai, head_spans, next_token_entropy, waad
+    from mechbench.analyses.waad_fai import DistanceConfig, fai, head_spans, next_token_entropy, waad
 
     config, prompt = DistanceConfig(), prompt_length(length)
     with torch.no_grad():

@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch import Tensor
 
-from mechbench.analyses.distance import DistanceConfig, DistanceReducer, fai, head_spans, run_distance, waad
 from mechbench.analyses.tappa import (
     BandAccumulator,
     PatternAccumulator,
@@ -26,6 +25,7 @@ from mechbench.analyses.tappa import (
     record_main,
     rope_band_advantage,
 )
+from mechbench.analyses.waad_fai import DistanceConfig, DistanceReducer, fai, head_spans, run_distance, waad
 from mechbench.core.dataset import Batch
 from mechbench.core.fused import FusedAttention
 from mechbench.tasks.reasoning import Transcript

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechbench.analyses.distance import (
+from mechbench.analyses.waad_fai import (
     DistanceConfig,
     check_config,
     coupling_statistics,
@@ -95,7 +95,7 @@ def test_split_heads_and_layers():
     assert select_layers(30, "middle") == [10, 12, 15, 18, 20]
     assert select_layers(4, "all") == [0, 1, 2, 3]
     assert select_layers(4, [2, 0, 2]) == [0, 2]
-    with pytest.raises(ConfigError, match=r"^distance\.layers \[5, 1\] names layer 5, but m has layers 0\.\.3; give "
+    with pytest.raises(ConfigError, match=r"^waad_fai\.layers \[5, 1\] names layer 5, but m has layers 0\.\.3; give "
                        r"layers from 0 to 3 or use 'all' / 'middle'$"):
         select_layers(4, [5, 1], model="m")
 
@@ -156,7 +156,7 @@ def test_bad_input_gives_one_line_errors(planted, tmp_path):
     with pytest.raises(ConfigError, match=r"local_frac \+ global_frac = 1.1 is above 1") as info:
         check_config(DistanceConfig(local_frac=0.6, global_frac=0.5))
     errors.append(info)
-    with pytest.raises(ConfigError, match=r"h_hi \(5\) is below distance.h_lo \(10\)") as info:
+    with pytest.raises(ConfigError, match=r"h_hi \(5\) is below waad_fai.h_lo \(10\)") as info:
         check_config(DistanceConfig(h_lo=10, h_hi=5))
     errors.append(info)
     with pytest.raises(ConfigError, match=r"analyses\.distance\.window: Input should be greater than 0") as info:
@@ -255,6 +255,10 @@ def test_analyze_distance_end_to_end(tmp_path, tiny_llama_dir, run_notebook):
                                       "--no-progress"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     frame = ResultStore(tmp_path / "store").read(analysis="distance", run_id="d1")
+    # "distance" is the old name of waad_fai: the config block and the CLI accept it, the rows are waad_fai's,
+    # and the store finds them under either name
+    assert set(frame["analysis"]) == {"waad_fai"}
+    assert len(ResultStore(tmp_path / "store").read(analysis="waad_fai", run_id="d1")) == len(frame)
     spans = frame[frame["metric"] == "head_span"]
     assert len(spans) == 2 * 4  # tiny Llama: 2 layers x 4 query heads
     assert spans["group"].value_counts().to_dict() == {"neither": 4, "local": 2, "global": 2}

@@ -70,7 +70,7 @@ def test_discovery_finds_every_analysis_package():
 
     packages = {module.name for module in pkgutil.iter_modules(package.__path__) if module.ispkg}
     assert packages <= set(ANALYSES)
-    assert {"sinks", "retrieval", "tappa", "distance", "circuits", "attribution", "patterns", "speech"} <= packages
+    assert {"sinks", "retrieval", "tappa", "waad_fai", "circuits", "attribution", "patterns", "speech"} <= packages
     for name in packages:
         spec = ANALYSES[name]
         assert spec.name == name and spec.headline_metrics is not None
@@ -98,7 +98,7 @@ def test_importing_an_analysis_loads_no_plotting_and_no_other_analysis():
         others = {m.split(".")[2] for m in sys.modules if m.startswith("mechbench.analyses.")} - {name}
         assert not others, (name, others)
     """)
-    for name in ("sinks", "retrieval", "tappa", "distance", "circuits", "attribution", "patterns", "speech"):
+    for name in ("sinks", "retrieval", "tappa", "waad_fai", "circuits", "attribution", "patterns", "speech"):
         done = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
 

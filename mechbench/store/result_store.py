@@ -255,15 +255,19 @@ class ResultStore:
     def _files(self, analysis: str | None, run_id: str | None) -> list[Path]:
         if not self._data_dir.is_dir():
             return []
-        a = f"analysis={check_name('analysis', analysis)}" if analysis else "analysis=*"
+        names = stored_names(check_name("analysis", analysis)) if analysis else ["*"]
         r = f"run_id={check_name('run id', run_id)}" if run_id else "run_id=*"
-        return sorted(p for p in self._data_dir.glob(f"{a}/{r}/*.parquet") if not p.name.startswith("."))
+        return sorted(p for name in names for p in self._data_dir.glob(f"analysis={name}/{r}/*.parquet")
+                      if not p.name.startswith("."))
 
     def read(self, analysis: str | None = None, model: str | None = None, run_id: str | None = None,
              metric: str | None = None, **filters: Any) -> pd.DataFrame:
         """All rows matching the filters, as one frame in the tidy schema.
 
         ``filters`` compares any other column for equality, e.g. ``read(analysis="sinks", layer=3)``.
+        ``analysis`` also finds the rows stored under the analysis's other names (:func:`stored_names`:
+        ``waad_fai`` reads runs made as ``distance`` and the other way round); rows keep the name they
+        were stored with.
         A store with no matching rows gives an empty frame with the core columns.
         """
         if not self.root.is_dir():
@@ -376,6 +380,17 @@ class ResultStore:
             manifest = self._read_manifest(run_id)
             manifest.update(status=status, ended_at=_utcnow(), error=error)
             self._write_manifest(manifest)
+
+
+def stored_names(analysis: str) -> list[str]:
+    """Every name an analysis's rows may be stored under: its own and its aliases (the names of runs made
+    before it was renamed, e.g. ``distance`` for ``waad_fai``), whichever of them ``analysis`` is."""
+    from mechbench.analyses import ANALYSES  # here: discovering the analyses imports them
+
+    if analysis not in ANALYSES:
+        return [analysis]
+    spec = ANALYSES[analysis]
+    return [spec.name, *spec.aliases]
 
 
 def _read_text(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""Options of the distance analysis and the checks that need no model."""
+"""Options of the WAAD/FAI analysis and the checks that need no model."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from mechbench.tasks.reasoning import BUILTIN, load_problems, load_transcripts
 
 
 class DistanceConfig(StrictModel):
-    """Options of the ``distance`` analysis (config block ``analyses.distance``)."""
+    """Options of the ``waad_fai`` analysis (config block ``analyses.waad_fai``; ``analyses.distance``, the old
+    name, is accepted too)."""
 
     problems: str = Field(BUILTIN, description="'builtin' (12 arithmetic word problems) or a .jsonl of "
                           "{id, question}; the model answers each greedily")
@@ -52,10 +53,10 @@ class DistanceConfig(StrictModel):
 def check_config(config: DistanceConfig, data: bool = True) -> None:
     """Fail before any model is loaded on inconsistent options or (``data``) a missing or empty data file."""
     if config.local_frac + config.global_frac > 1:
-        raise ConfigError(f"distance.local_frac + global_frac = {config.local_frac + config.global_frac:g} is above "
+        raise ConfigError(f"waad_fai.local_frac + global_frac = {config.local_frac + config.global_frac:g} is above "
                           "1, so the groups overlap; lower one of them")
     if config.h_hi is not None and config.h_hi < config.h_lo:
-        raise ConfigError(f"distance.h_hi ({config.h_hi}) is below distance.h_lo ({config.h_lo}); no row is in the "
+        raise ConfigError(f"waad_fai.h_hi ({config.h_hi}) is below waad_fai.h_lo ({config.h_lo}); no row is in the "
                           "FAI horizon — raise h_hi or lower h_lo")
     if data:
         if config.transcripts is not None:

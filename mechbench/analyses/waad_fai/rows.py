@@ -1,4 +1,4 @@
-"""Tidy rows of the distance analysis, and its metric names."""
+"""Tidy rows of the WAAD/FAI analysis, and its metric names."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from mechbench.analyses.distance.metrics import Head, find_peaks, near, random_positions
+from mechbench.analyses.waad_fai.metrics import Head, find_peaks, near, random_positions
 from mechbench.core.dataset import TokenDataset
 from mechbench.core.tidy import ExtraColumns, to_tidy
 
-ANALYSIS = "distance"
+ANALYSIS = "waad_fai"
 #: The analysis's own columns and their dtypes.
 COLUMNS = ExtraColumns(ints=("response_position", "n_examples", "n_heads", "n_events", "n_random", "prompt_length",
                              "window", "h_lo", "h_hi"), booleans=("is_peak", "receiver"))

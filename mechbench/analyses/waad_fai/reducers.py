@@ -1,4 +1,4 @@
-"""The streaming reducer of the distance analysis: head spans, WAAD and FAI block by block, and token entropies."""
+"""The streaming reducer of the WAAD/FAI analysis: head spans, WAAD and FAI block by block, and token entropies."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mechbench.analyses.distance.metrics import (
+from mechbench.analyses.waad_fai.metrics import (
     fai_from_mass,
     future_attention_mass,
     horizon_sizes,

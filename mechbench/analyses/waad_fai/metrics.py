@@ -1,4 +1,4 @@
-"""Pure metric functions of the distance analysis (Li et al. 2025): head spans, WAAD, FAI, head groups, peaks and
+"""Pure metric functions of the WAAD/FAI analysis (Li et al. 2025): head spans, WAAD, FAI, head groups, peaks and
 token entropies, from attention patterns and logits."""
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def split_heads(spans: Tensor, local_frac: float = 0.3, global_frac: float = 0.3
     ranked = [head for head in ranked_heads(spans) if not torch.isnan(spans[head])]
     n_local, n_global = (max(1, int(frac * len(ranked) + 0.5)) for frac in (local_frac, global_frac))
     if n_local + n_global > len(ranked):
-        raise ConfigError(f"distance: {len(ranked)} heads cannot hold {n_local} local and {n_global} global heads; "
+        raise ConfigError(f"waad_fai: {len(ranked)} heads cannot hold {n_local} local and {n_global} global heads; "
                           "lower local_frac / global_frac or record more layers")
     return ranked[::-1][:n_local], ranked[:n_global]
 

@@ -3,7 +3,7 @@
 Li et al. 2025, "Attention Illuminates LLM Reasoning: The Preplan-and-Anchor Rhythm Enables
 Fine-Grained Policy Optimization" (arXiv 2510.13554; no official code). One forward pass over
 prompt ⊕ response; ``R`` = the response rows (query positions), ``A[l,h]`` = the causal pattern
-(``docs/metrics/distance.md``):
+(``docs/metrics/waad_fai.md``):
 
 * head span (Eq. 7): ``d(l,h) = 1/|R| sum_{t in R} sum_{s<=t} A[l,h][t,s] (t - s)``;
 * head groups (Eq. 8): heads sorted by ``d``; the bottom 30 % are local (``H_loc``), the top 30 %
@@ -33,8 +33,8 @@ statistics (:func:`coupling_statistics`).
 from __future__ import annotations
 
 from mechbench.analyses import AnalysisSpec
-from mechbench.analyses.distance.config import DistanceConfig, check_config
-from mechbench.analyses.distance.metrics import (
+from mechbench.analyses.waad_fai.config import DistanceConfig, check_config
+from mechbench.analyses.waad_fai.metrics import (
     Head,
     _group_mean,
     _response_rows,
@@ -53,8 +53,8 @@ from mechbench.analyses.distance.metrics import (
     waad,
     windowed_distance,
 )
-from mechbench.analyses.distance.reducers import DistanceReducer
-from mechbench.analyses.distance.rows import (
+from mechbench.analyses.waad_fai.reducers import DistanceReducer
+from mechbench.analyses.waad_fai.rows import (
     ANALYSIS,
     COLUMNS,
     COUPLING_ENTROPY,
@@ -73,7 +73,7 @@ from mechbench.analyses.distance.rows import (
     head_rows,
     response_length_rows,
 )
-from mechbench.analyses.distance.runner import (
+from mechbench.analyses.waad_fai.runner import (
     generate_transcripts,
     record_distance,
     run_distance,
@@ -139,6 +139,7 @@ SPEC = AnalysisSpec(
     run=run_distance_from_config,
     headline_metrics=(HEAD_SPAN,),
     check=check_config,
-    figures="mechbench.analyses.distance.figures",
+    figures="mechbench.analyses.waad_fai.figures",
     columns=COLUMNS,
+    aliases=("distance",),
 )

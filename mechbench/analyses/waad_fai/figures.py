@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from mechbench import plots
-from mechbench.analyses.distance.rows import COUPLING_PREFIX, ENTROPY, FAI, HEAD_SPAN, RESPONSE_LENGTH, WAAD
+from mechbench.analyses.waad_fai.rows import COUPLING_PREFIX, ENTROPY, FAI, HEAD_SPAN, RESPONSE_LENGTH, WAAD
 from mechbench.plots import rows_of
 
 

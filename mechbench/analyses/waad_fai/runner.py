@@ -1,4 +1,4 @@
-"""Model-running code of the distance analysis: transcripts, the recorded pass and the rows of a run."""
+"""Model-running code of the WAAD/FAI analysis: transcripts, the recorded pass and the rows of a run."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mechbench.analyses.distance.config import DistanceConfig, check_config
-from mechbench.analyses.distance.metrics import _group_mean, kurtosis, split_heads
-from mechbench.analyses.distance.reducers import DistanceReducer
-from mechbench.analyses.distance.rows import (
+from mechbench.analyses.waad_fai.config import DistanceConfig, check_config
+from mechbench.analyses.waad_fai.metrics import _group_mean, kurtosis, split_heads
+from mechbench.analyses.waad_fai.reducers import DistanceReducer
+from mechbench.analyses.waad_fai.rows import (
     ANALYSIS,
     COLUMNS,
     ENTROPY,
@@ -54,8 +54,8 @@ def select_layers(n_layers: int, layers: Literal["all", "middle"] | Sequence[int
         return sorted(set(torch.linspace(n_layers // 3, 2 * n_layers // 3, count).round().long().tolist()))
     chosen = sorted(set(layers))
     if not chosen:
-        raise ConfigError("distance.layers is an empty list; name at least one layer or use 'all' / 'middle'")
-    check_layers("distance.layers", list(layers), chosen, n_layers, model,
+        raise ConfigError("waad_fai.layers is an empty list; name at least one layer or use 'all' / 'middle'")
+    check_layers("waad_fai.layers", list(layers), chosen, n_layers, model,
                  f"give layers from 0 to {n_layers - 1} or use 'all' / 'middle'")
     return chosen
 
