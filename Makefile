@@ -38,6 +38,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check mechbench tests benchmarks docs/hooks.py
+	$(BIN)/mypy mechbench
 	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 	$(BIN)/pytest
 

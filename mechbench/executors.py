@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from mechbench.analyses import ANALYSES
 from mechbench.config import RunConfig, StrictModel
-from mechbench.core.hooked import HookedModel
+from mechbench.core.model import ModelInterface
 from mechbench.errors import ConfigError, one_line
 from mechbench.models.cache import cache_dir
 from mechbench.process import process_fingerprint
@@ -47,10 +47,10 @@ class ShardJob:
 #: Outcome of a shard: its manifest record, or the exception that ended it.
 Outcome = dict[str, Any] | BaseException
 
-_MODELS: dict[tuple[str, str, str, bool], HookedModel] = {}
+_MODELS: dict[tuple[str, str, str, bool], ModelInterface] = {}
 
 
-def cached_model(name: str, job: ShardJob) -> tuple[HookedModel, bool]:
+def cached_model(name: str, job: ShardJob) -> tuple[ModelInterface, bool]:
     """This process's copy of a model, and whether this call loaded it. A process keeps only the model it
     used last (the memory hints count one model per worker); shards are handed out grouped by model, so
     a worker loads each model about once."""

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mechbench.core.hooked import HookedModel
+from mechbench.core.model import ModelInterface
 
 TRACKED_PACKAGES = ("mechbench", "torch", "transformers", "transformer-lens", "pandas", "pyarrow", "captum",
                     "plotly", "gguf")
@@ -39,7 +39,7 @@ def git_commit(directory: Path | None = None) -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
-def model_provenance(model: HookedModel) -> dict[str, Any]:
+def model_provenance(model: ModelInterface) -> dict[str, Any]:
     """Name, source, weight fingerprint and architecture facts of a loaded model."""
     a = model.architecture
     return {
@@ -53,7 +53,7 @@ def model_provenance(model: HookedModel) -> dict[str, Any]:
     }
 
 
-def run_provenance(config: dict[str, Any], seed: int, model: HookedModel) -> dict[str, Any]:
+def run_provenance(config: dict[str, Any], seed: int, model: ModelInterface) -> dict[str, Any]:
     """Everything a run manifest records besides status and shards."""
     return {"config": config, "seed": seed, "versions": package_versions(), "git_commit": git_commit(),
             "command": sys.argv, **model_provenance(model)}

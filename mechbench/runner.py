@@ -72,8 +72,9 @@ def resolve_request(config_path: Path | None, analyses: list[str], model: str | 
         raise ConfigError("nothing to run: name analyses on the command line or under `analyses:` in the config "
                           f"(available: {', '.join(sorted(ANALYSES))})")
     for name, options in chosen.items():
-        if ANALYSES[name].check is not None:
-            ANALYSES[name].check(options)
+        check = ANALYSES[name].check
+        if check is not None:
+            check(options)
     return run_config, chosen
 
 

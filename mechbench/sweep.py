@@ -115,7 +115,8 @@ def expand_sweep(config: RunConfig, analyses: dict[str, StrictModel]) -> list[Sh
     for model in sweep.models:
         for analysis, options in analyses.items():
             count = sweep.shards.get(analysis, 1)
-            for length in sweep.context_lengths.get(analysis) or [None]:
+            lengths: list[int | None] = [*sweep.context_lengths.get(analysis, [])] or [None]
+            for length in lengths:
                 final = options.model_dump(mode="json")
                 if length is not None:
                     length_options = ANALYSES[analysis].context_length_options

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
     from mechbench.config import StrictModel
-    from mechbench.core.hooked import HookedModel
     from mechbench.core.tidy import ExtraColumns
 
 #: Entry-point group through which other distributions add analyses.
@@ -39,8 +38,9 @@ class AnalysisSpec:
     description: str
     citation: str
     config_model: type[StrictModel]
-    #: ``run(model, options, progress)``; ``options`` is an instance of :attr:`config_model`
-    run: Callable[[HookedModel, Any, bool], pd.DataFrame]
+    #: ``run(model, options, progress)``; ``options`` is an instance of :attr:`config_model`; ``model`` is any
+    #: loaded model (a runner raises CapabilityError where the model lacks a capability the analysis needs)
+    run: Callable[[Any, Any, bool], pd.DataFrame]
     #: per-head metrics `mechbench show` and the report rank by default, in order of preference: a run's
     #: options decide which it writes (e.g. circuits without activation patching); empty: no ranking.
     headline_metrics: tuple[str, ...]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from mechbench.core.fused import FusedAttention, use_fused
 from mechbench.core.limits import check_context, check_finite
-from mechbench.core.model import DecodeSteps, require
+from mechbench.core.model import DecodeSteps, FusedPath, require
 from mechbench.core.recorder import AttentionPath
 from mechbench.errors import DatasetError
 
@@ -67,7 +67,9 @@ def greedy_decode(model: DecodeSteps, prompt_ids: Tensor, max_new_tokens: int,
     sequence = prompt_ids.to(model.device)
     generated: list[int] = []
     cache = None
-    with torch.no_grad(), model.fused_attention(keep_fused_argmax) if fused else contextlib.nullcontext():
+    # (use_fused is True only for a model that supports_fused: a FusedPath)
+    with torch.no_grad(), (cast(FusedPath, model).fused_attention(keep_fused_argmax) if fused
+                           else contextlib.nullcontext()):
         if use_kv_cache and model.supports_kv_cache:
             with model.hooks(fwd_hooks):
                 # the prefill's logits are never read: unembed only the last position (HF logits_to_keep)

@@ -109,6 +109,8 @@ class AttentionView:
     def attended_rows(self, rows: Tensor, first: int, batch_row: int) -> Tensor:
         """``A K``: the attention-weighted keys ``[head, r, d]`` (float32) of pattern rows ``[head, r, W]`` of batch row
         ``batch_row`` whose first row is query ``first``."""
+        if self.key is None:
+            raise TypeError(f"layer {self.layer}: this attention view did not record the keys that A K needs")
         return rows @ self.key[batch_row, :, :rows.shape[-1]].float()
 
     def row_entropies(self, rows: Tensor, first: int, batch_row: int, attended: Tensor | None = None) -> Tensor:
@@ -125,6 +127,9 @@ class FusedAttention(AttentionView):
     additive float mask broadcastable to ``[batch, head, n_queries, n_keys]`` or None; ``causal`` means
     query ``i`` sees keys ``<= i + n_keys - n_queries`` (bottom-right alignment, as in KV-cache decoding).
     """
+
+    query: Tensor
+    key: Tensor
 
     def __init__(self, layer: int, query: Tensor, key: Tensor, logsumexp: Tensor, scale: float,
                  mask: Tensor | None, causal: bool, block_bytes: int = DEFAULT_BLOCK_BYTES,
@@ -205,7 +210,7 @@ class FusedAttention(AttentionView):
             attended = self.attended_rows(rows, first, batch_row)
         query = self.query[batch_row, :, first:stop].double() * self.scale
         entropy = self._normalisers(first, stop)[batch_row].double() - (query * attended).sum(-1)
-        if self._has_bias:
+        if self._has_bias and self.mask is not None:  # (a bias implies a mask)
             mask = self.mask[min(batch_row, self.mask.shape[0] - 1), :, first:stop, :width]
             entropy -= (rows * torch.where(rows > 0, mask, 0.0)).sum(-1, dtype=torch.float64)
         return entropy

@@ -233,9 +233,14 @@ class ModelBase:
         self._module = module
         self.name = name
         self.architecture = architecture
-        self.tokenizer = tokenizer
+        #: a Hugging Face tokenizer (untyped), or None for models fed token ids only
+        self.tokenizer: Any = tokenizer
         self.source = source or name
         self._fingerprint: str | None = None
+
+    if TYPE_CHECKING:  # stated by each subclass (see the class docstring)
+        @property
+        def vocab_size(self) -> int: ...
 
     # ------------------------------------------------------------------ capabilities
     def capability_error(self, what: str, capability: type) -> CapabilityError:

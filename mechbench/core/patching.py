@@ -20,6 +20,7 @@ from torch import Tensor
 
 from mechbench.core.hooked import HookedModel
 from mechbench.core.limits import check_finite, check_heads
+from mechbench.core.model import HeadMatrix
 from mechbench.errors import CapabilityError
 
 Hook = tuple[str, Callable[[Tensor, Any], Tensor | None]]
@@ -193,8 +194,8 @@ def patch_nodes_hooks(model: HookedModel, nodes: Iterable[Node], source: Mapping
     for node in nodes:
         by_name.setdefault(model.hook_name(node.site, node.layer), []).append(node.head)
     hooks = []
-    for name, heads in by_name.items():
-        hooks.append(replace_hook(name, source[name], None if heads == [-1] else sorted(heads), positions))
+    for name, indices in by_name.items():
+        hooks.append(replace_hook(name, source[name], None if indices == [-1] else sorted(indices), positions))
     return hooks
 
 
@@ -266,6 +267,10 @@ def _reader_sites(model: HookedModel, layer: int, split: bool, with_mlps: bool) 
     return entry
 
 
+#: the per-head weight matrix behind each reader channel
+_CHANNEL_MATRIX: dict[str, HeadMatrix] = {"q": "Q", "k": "K", "v": "V"}
+
+
 def _head_input_gradient(model: HookedModel, layer: int, channel: str, grad: Tensor, entry: Mapping[str, str],
                          saved: Mapping[str, Tensor], split: bool) -> Tensor:
     """``[batch, pos, query head, d_model]``: each head's input gradient of one channel (q, k or v), from the
@@ -273,7 +278,7 @@ def _head_input_gradient(model: HookedModel, layer: int, channel: str, grad: Ten
     norm head by head. A KV head's gradient is shared equally by the query heads of its group."""
     group = model.n_heads // grad.shape[2]
     if not split:
-        weight = model.head_weight(layer, channel.upper()).detach()
+        weight = model.head_weight(layer, _CHANNEL_MATRIX[channel]).detach()
         per_head = []
         for h in range(grad.shape[2]):
             w = weight[h] if weight.shape[0] == grad.shape[2] else weight[h * group]

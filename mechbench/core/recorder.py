@@ -153,7 +153,7 @@ class Recorder:
         streaming = getattr(view_reducer, "streaming", None) if wanted == set(range(self.model.n_layers)) else None
 
         def consume(view: FusedAttention) -> None:
-            if view.layer in wanted:
+            if view.layer in wanted and view_reducer is not None:  # (the fused path implies an attention reducer)
                 view_reducer(view.layer, view, current[0])
                 check_finite(view.logsumexp, f"the attention normaliser of layer {view.layer}", self.model.name)
 

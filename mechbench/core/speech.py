@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -85,7 +85,8 @@ class SpeechModel(ModelBase):
         finally:
             hf_logging.enable_progress_bar()
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        return cls(model.to(device).eval(), name, tokenizer, source)
+        # transformers wraps PreTrainedModel.to in functools.wraps, whose stub hides the bound self from mypy
+        return cls(model.to(device).eval(), name, tokenizer, source)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         a = self.architecture
@@ -152,6 +153,16 @@ class SpeechModel(ModelBase):
                     break
                 ids.append(token)
         return ids[len(self.prompt_ids):]
+
+    @overload
+    def decoder_logits(self, features: Tensor, generated: Sequence[int],
+                       cross_attention: Literal[False] = ...) -> tuple[Tensor, None]: ...
+    @overload
+    def decoder_logits(self, features: Tensor, generated: Sequence[int],
+                       cross_attention: Literal[True]) -> tuple[Tensor, Tensor]: ...
+    @overload
+    def decoder_logits(self, features: Tensor, generated: Sequence[int],
+                       cross_attention: bool) -> tuple[Tensor, Tensor | None]: ...
 
     def decoder_logits(self, features: Tensor, generated: Sequence[int],
                        cross_attention: bool = False) -> tuple[Tensor, Tensor | None]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,7 @@ import torch
 
 
 def to_tidy(values: torch.Tensor | np.ndarray, axes: Sequence[str],
-            coords: dict[str, Sequence[Any]] | None = None, drop_nan: bool = True,
+            coords: Mapping[str, Sequence[Any]] | None = None, drop_nan: bool = True,
             **constants: Any) -> pd.DataFrame:
     """Long-form frame of ``values``: one row per element, a column per axis, plus ``value``.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -21,6 +22,22 @@ CT2_DTYPES: dict[int, type[np.generic]] = {0: np.float32, 1: np.int8, 2: np.int1
 #: Whisper's special tokens (all Whisper vocabularies share them for the English-only models)
 START_OF_TRANSCRIPT = 50257
 END_OF_TEXT = 50256
+
+
+class WhisperSizes(TypedDict):
+    """The ``WhisperConfig`` sizes of a converted model."""
+
+    d_model: int
+    num_mel_bins: int
+    encoder_layers: int
+    decoder_layers: int
+    encoder_attention_heads: int
+    decoder_attention_heads: int
+    encoder_ffn_dim: int
+    decoder_ffn_dim: int
+    vocab_size: int
+    max_source_positions: int
+    max_target_positions: int
 
 
 class _Reader:
@@ -67,7 +84,7 @@ def _count(variables: dict[str, np.ndarray], prefix: str) -> int:
     return sum(1 for key in variables if key.startswith(prefix) and key.endswith("/self_attention/linear_1/bias"))
 
 
-def whisper_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def whisper_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], WhisperSizes]:
     """transformers ``WhisperForConditionalGeneration`` parameters (float32 arrays) and config sizes from
     CTranslate2 ``WhisperSpec`` variables."""
     def get(key: str) -> np.ndarray:
@@ -122,16 +139,17 @@ def whisper_state_dict(variables: dict[str, np.ndarray]) -> tuple[dict[str, np.n
         norm(f"{hf}.encoder_attn_layer_norm", f"{ct}/layer_norm")
     norm("model.decoder.layer_norm", "decoder/layer_norm")
     state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]  # tied output projection
-    conv = variables["encoder/conv1/weight"]
-    sizes = {"d_model": conv.shape[0], "num_mel_bins": conv.shape[1], "encoder_layers": n_encoder,
-             "decoder_layers": n_decoder, "encoder_attention_heads": int(variables["encoder/num_heads"]),
-             "decoder_attention_heads": int(variables["decoder/num_heads"]),
-             "encoder_ffn_dim": variables["encoder/layer_0/ffn/linear_0/weight"].shape[0],
-             "decoder_ffn_dim": variables["decoder/layer_0/ffn/linear_0/weight"].shape[0],
-             "vocab_size": variables["decoder/embeddings/weight"].shape[0],
-             "max_source_positions": variables["encoder/position_encodings/encodings"].shape[0],
-             "max_target_positions": variables["decoder/position_encodings/encodings"].shape[0]}
-    return state, {k: int(v) for k, v in sizes.items()}
+    conv_weight = variables["encoder/conv1/weight"]
+    sizes = WhisperSizes(
+        d_model=int(conv_weight.shape[0]), num_mel_bins=int(conv_weight.shape[1]), encoder_layers=n_encoder,
+        decoder_layers=n_decoder, encoder_attention_heads=int(variables["encoder/num_heads"]),
+        decoder_attention_heads=int(variables["decoder/num_heads"]),
+        encoder_ffn_dim=int(variables["encoder/layer_0/ffn/linear_0/weight"].shape[0]),
+        decoder_ffn_dim=int(variables["decoder/layer_0/ffn/linear_0/weight"].shape[0]),
+        vocab_size=int(variables["decoder/embeddings/weight"].shape[0]),
+        max_source_positions=int(variables["encoder/position_encodings/encodings"].shape[0]),
+        max_target_positions=int(variables["decoder/position_encodings/encodings"].shape[0]))
+    return state, sizes
 
 
 def ct2_whisper_to_hf_dir(source: Path, out_dir: Path, source_name: str) -> None:
@@ -158,7 +176,8 @@ def ct2_whisper_to_hf_dir(source: Path, out_dir: Path, source_name: str) -> None
     extra = json.loads((source / "config.json").read_text())
     model.generation_config.decoder_start_token_id = START_OF_TRANSCRIPT
     model.generation_config.eos_token_id = END_OF_TEXT
-    model.generation_config.alignment_heads = extra.get("alignment_heads")
+    # GenerationConfig keeps arbitrary attributes (Whisper's generate reads this one); its class does not declare it
+    model.generation_config.alignment_heads = extra.get("alignment_heads")  # type: ignore[attr-defined]
     model.save_pretrained(out_dir)
     special = "<|endoftext|>"
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(source / "tokenizer.json"), eos_token=special,

@@ -54,7 +54,8 @@ def _native_bridge(**config: Any) -> Any:
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 
-    return TransformerBridge.boot_native(TransformerBridgeConfig(**config), device="cpu")
+    # TransformerLens attaches boot_native with setattr (model_bridge.sources.native), out of mypy's sight
+    return TransformerBridge.boot_native(TransformerBridgeConfig(**config), device="cpu")  # type: ignore[attr-defined]
 
 
 def planted_bridge() -> Any:

@@ -31,6 +31,7 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -208,7 +209,12 @@ def load_pair_file(path: str, limit: int | None = None) -> PairTask:
     """A user task: a ``.jsonl`` of ``{"clean", "corrupt", "answer", "wrong"}`` (optional ``"id"``)."""
     text, source = read_source(path, "", "", f"pair task file {path!r} not found; give a .jsonl of "
                                "{clean, corrupt, answer, wrong} records", suffixes=(".jsonl",))
-    ids, clean, corrupt, answer, wrong = [], [], [], [], []
+    ids: list[str] = []
+    # the JSON values as given: texts, or token-id lists and ids
+    clean: list[Any] = []
+    corrupt: list[Any] = []
+    answer: list[Any] = []
+    wrong: list[Any] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

@@ -59,7 +59,9 @@ def load_classification(source: str = BUILTIN_SENTIMENT, template: str = SENTIME
     lines, where = text.splitlines(), "the built-in sentiment set" if path is None else str(path)
     if "{text}" not in template:
         raise DatasetError(f"prompt template {template!r} has no {{text}} placeholder; add one")
-    ids, prompts, gold = [], [], []
+    ids: list[str] = []
+    prompts: list[str] = []
+    gold: list[int] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from mechbench.errors import DatasetError
 
@@ -31,7 +31,7 @@ def jsonl_records(source: str, builtin: str, data_file: str, what: str,
     text, path = read_source(source, builtin, data_file, f"{what} file {source!r} not found or not .jsonl; give "
                              f"'builtin' or an existing .jsonl file of {{{fields}}} lines", suffixes=(".jsonl",))
     where = f"the built-in {what} set" if path is None else str(path)
-    records = []
+    records: list[tuple[int, dict[str, Any], str]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -48,6 +48,13 @@ def jsonl_records(source: str, builtin: str, data_file: str, what: str,
     if len({r["id"] for _, r, _ in records}) != len(records):
         raise DatasetError(f"{where} has duplicate ids; give every line a unique 'id'")
     return records
+
+
+@overload
+def text_field(record: dict[str, Any], field: str, number: int, where: str,
+               required: Literal[True] = ...) -> str: ...
+@overload
+def text_field(record: dict[str, Any], field: str, number: int, where: str, required: bool) -> str | None: ...
 
 
 def text_field(record: dict[str, Any], field: str, number: int, where: str, required: bool = True) -> str | None:

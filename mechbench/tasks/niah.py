@@ -87,7 +87,7 @@ def load_needles(source: str = BUILTIN) -> list[Needle]:
     text, path = read_source(source, BUILTIN, "needles.jsonl", f"needle file {source!r} not found; give 'builtin' "
                              "or a .jsonl file of {needle, question, answer} objects")
     lines, where = text.splitlines(), "the built-in needles" if path is None else str(path)
-    needles = []
+    needles: list[Needle] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

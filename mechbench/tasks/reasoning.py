@@ -47,7 +47,7 @@ def _read_jsonl(source: str, fields: tuple[str, ...], what: str) -> list[dict[st
                              f"{what} file {source!r} not found or not .jsonl; give an existing .jsonl file of "
                              f"{{{', '.join(fields)}}} lines", suffixes=(".jsonl",))
     where = "the built-in arithmetic problems" if path is None else str(path)
-    records = []
+    records: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

@@ -38,7 +38,8 @@ def load_texts(source: str = BUILTIN, limit: int | None = None) -> tuple[list[st
 
 
 def _parse_jsonl(lines: list[str], where: str) -> tuple[list[str], list[str]]:
-    ids, texts = [], []
+    ids: list[str] = []
+    texts: list[str] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

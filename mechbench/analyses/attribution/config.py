@@ -11,10 +11,10 @@ from mechbench.errors import ConfigError
 from mechbench.tasks.grounding import BUILTIN, load_grounded, load_target_prompts
 
 Method = Literal["saliency", "input_x_gradient", "integrated_gradients", "occlusion"]
-METHODS: tuple[str, ...] = ("saliency", "input_x_gradient", "integrated_gradients", "occlusion")
-GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
+METHODS: tuple[Method, ...] = ("saliency", "input_x_gradient", "integrated_gradients", "occlusion")
+GRADIENT_METHODS: tuple[Method, ...] = ("saliency", "input_x_gradient", "integrated_gradients")
 View = Literal["head", "layer", "all", "rollout"]
-VIEWS: tuple[str, ...] = ("head", "layer", "all", "rollout")
+VIEWS: tuple[View, ...] = ("head", "layer", "all", "rollout")
 Replacement = Literal["zero", "pad", "mean", "drop"]
 TargetKind = Literal["next_token", "span", "logit_diff"]
 

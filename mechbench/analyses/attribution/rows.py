@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import pandas as pd
 import torch
 from torch import Tensor
@@ -22,8 +24,8 @@ IG_RELATIVE_ERROR = "ig_relative_error"
 PEARSON = "pearson"
 SPEARMAN = "spearman"
 TOPK_OVERLAP = "topk_overlap"
-DELETION = "deletion"
-INSERTION = "insertion"
+DELETION: Final = "deletion"
+INSERTION: Final = "insertion"
 GROUNDING_SHARE = "grounding_share"
 
 INT_COLUMNS = ("layer", "head", "position", "step", "passage", "n_positions", "n_random", "n_passages",
@@ -68,7 +70,9 @@ def _curve_frame(curves: dict[tuple[str, str], tuple[Tensor, Tensor]], values: T
                  n_positions: int) -> pd.DataFrame:
     """Rows of the deletion / insertion ``curves`` (``(ranking, mode) -> (fractions, masks)``) from the target
     ``values`` of all their masks in order; the ``random{i}`` orders are averaged into one ``random`` curve."""
-    frames, start, random = [], 0, {}
+    frames: list[pd.DataFrame] = []
+    start = 0
+    random: dict[str, list[Tensor]] = {}
     for (name, mode), (fractions, masks) in curves.items():
         curve, start = values[start:start + len(masks)], start + len(masks)
         if name.startswith("random"):

@@ -12,7 +12,7 @@ from mechbench.errors import ConfigError
 from mechbench.tasks.circuit_tasks import BUILTIN_TASKS, load_pair_file
 
 Method = Literal["activation_patching", "attribution_patching", "dla", "path_patching", "eap", "eap_ig"]
-METHODS: tuple[str, ...] = ("activation_patching", "attribution_patching", "dla", "path_patching", "eap", "eap_ig")
+METHODS: tuple[Method, ...] = ("activation_patching", "attribution_patching", "dla", "path_patching", "eap", "eap_ig")
 Ablation = Literal["mean", "corrupt", "zero"]
 
 

@@ -138,6 +138,14 @@ def direct_logit_attributions(model: HookedModel, pairs: PairTokens, nodes: Sequ
 Receiver = tuple[int, int, str] | str
 
 
+def _channel_receivers(receivers: Sequence[Receiver]) -> list[tuple[int, int, str]]:
+    """The ``(layer, head, channel)`` receivers of a list that is not ``[LOGITS]`` (it has no other string)."""
+    channels = [r for r in receivers if not isinstance(r, str)]
+    if len(channels) != len(receivers):
+        raise ValueError(f"receivers are either [{LOGITS!r}] or (layer, head, channel) triples, got {list(receivers)}")
+    return channels
+
+
 def _channel_hook_name(model: HookedModel, layer: int, channel: str) -> str:
     return model.hook_name(channel, layer)
 
@@ -184,13 +192,14 @@ def path_patch(model: HookedModel, pairs: PairTokens, sender: Node, receivers: S
     metric = pair_metric(pairs)
     if list(receivers) == [LOGITS]:
         return metric(patching.forward(model, pairs.clean, hooks)).double().cpu()
-    names = sorted({_channel_hook_name(model, layer, channel) for layer, _, channel in receivers})
+    channels = _channel_receivers(receivers)
+    names = sorted({_channel_hook_name(model, layer, channel) for layer, _, channel in channels})
     _, recorded = patching.cache(model, pairs.clean, names, hooks=hooks)
     patch_hooks = []
     for name in names:
         def hook(activation: Tensor, hook: Any, name: str = name) -> Tensor:
             patched = activation.clone()
-            for layer, index, channel in receivers:
+            for layer, index, channel in channels:
                 if _channel_hook_name(model, layer, channel) == name:
                     i = _channel_index(model, activation, index)
                     patched[:, :, i] = recorded[name][:, : activation.shape[1], i]
@@ -227,7 +236,7 @@ def senders_for(model: HookedModel, receivers: Sequence[Receiver], mlps: bool = 
     nodes = patching.model_nodes(model, mlps=mlps)
     if list(receivers) == [LOGITS]:
         return nodes
-    top = max(layer for layer, _, _ in receivers)
+    top = max(layer for layer, _, _ in _channel_receivers(receivers))
     return [n for n in nodes if n.layer < top]
 
 
@@ -379,6 +388,8 @@ def edge_attribution(model: HookedModel, pairs: PairTokens, method: Literal["eap
                 hooks.append(patching.replace_hook(embed, start + alpha * (stop - start)))
             stacked = patching.reader_gradients(model, part.clean, metric, hooks, mlps)
             grad_sum = stacked if grad_sum is None else grad_sum + stacked
+        if grad_sum is None:  # no integration points
+            raise ValueError(f"edge_attribution: {method} needs steps >= 1, got {steps}")
         total += torch.einsum("bpum,bpdm->ud", delta.double(), grad_sum.double() / len(alphas))
     scores = total / len(pairs)
     return torch.where(edge_mask(model, mlps), scores, torch.full_like(scores, float("nan")))

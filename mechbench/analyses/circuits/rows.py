@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import pandas as pd
 import torch
@@ -36,8 +36,8 @@ ACT_PATCH: dict[str, str] = {"noising": ACT_PATCH_NOISING, "denoising": ACT_PATC
 ATTR_PATCH = "attr_patch"
 DLA = "dla"
 PATH_PATCH = "path_patch"
-EAP = "eap"
-EAP_IG = "eap_ig"
+EAP: Final = "eap"
+EAP_IG: Final = "eap_ig"
 CIRCUIT_LOGIT_DIFF = "circuit_logit_diff"
 ABLATED_LOGIT_DIFF = "ablated_logit_diff"
 FAITHFULNESS_CURVE = "faithfulness_curve"

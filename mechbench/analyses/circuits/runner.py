@@ -109,7 +109,8 @@ def _edge_method_rows(model: HookedModel, pairs: PairTokens, config: CircuitsCon
     return frames, tables
 
 
-def _ranked_circuits(config: CircuitsConfig, node_scores: dict[str, Tensor], edge_tables: dict[str, dict],
+def _ranked_circuits(config: CircuitsConfig, node_scores: dict[str, Tensor],
+                     edge_tables: dict[str, dict[tuple[str, str], float]],
                      nodes: Sequence[Node]) -> tuple[list[set[str]], list[int]]:
     """The circuits (node labels) of the circuit method's top-k items at each size of the faithfulness
     curve, and those sizes: top-k edges' nodes for eap/eap_ig, top-k nodes for node methods."""
@@ -144,12 +145,12 @@ def task_circuit(model: HookedModel, pairs: PairTokens, config: CircuitsConfig, 
             circuit = set().union(*stages_by_class.values()) if stages_by_class else set()
     edge_frames, edge_tables = _edge_method_rows(model, pairs, config, float(clean.mean() - corrupt.mean()))
     if config.circuit_method in edge_tables:
-        table = edge_tables[config.circuit_method]
-        circuit = edge_nodes(select_top(table, config.edge_rule, config.edge_rule_value))
+        edge_table = edge_tables[config.circuit_method]
+        circuit = edge_nodes(select_top(edge_table, config.edge_rule, config.edge_rule_value))
     frames += edge_frames
     if config.circuit_method in node_scores:
-        table = {n.label: float(s) for n, s in zip(nodes, node_scores[config.circuit_method], strict=True)}
-        circuit = set(select_top(table, config.rule, config.rule_value))
+        node_table = {n.label: float(s) for n, s in zip(nodes, node_scores[config.circuit_method], strict=True)}
+        circuit = set(select_top(node_table, config.rule, config.rule_value))
     full = float(clean.mean())
     empty = ablated_logit_diff(model, pairs, [], nodes, config.ablation, config.batch_size)
     reached = None

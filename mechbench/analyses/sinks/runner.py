@@ -229,16 +229,16 @@ def run_sinks_from_config(model: HookedModel, config: SinksConfig, progress: boo
                        massive=massive, batch_size=config.batch_size, prepend_bos=config.prepend_bos,
                        progress=progress, attention=config.attention)]
     if config.calibration is not None:
-        block = config.calibration
-        task = load_classification(block.task, block.template, block.labels)
+        calibration = config.calibration
+        task = load_classification(calibration.task, calibration.template, calibration.labels)
         loss_texts = (model.tokenize_dataset(texts, max_tokens=config.max_tokens, prepend_bos=config.prepend_bos,
-                                             example_ids=ids) if block.text_loss else None)
-        parts.append(run_calibration(model, task, block, loss_texts, progress=progress))
+                                             example_ids=ids) if calibration.text_loss else None)
+        parts.append(run_calibration(model, task, calibration, loss_texts, progress=progress))
     if config.streaming is not None:
-        block = config.streaming
-        _, stream_texts = load_texts(block.texts)
-        stream = model.tokenize_dataset(["\n\n".join(stream_texts)], max_tokens=block.max_tokens,
+        streaming = config.streaming
+        _, stream_texts = load_texts(streaming.texts)
+        stream = model.tokenize_dataset(["\n\n".join(stream_texts)], max_tokens=streaming.max_tokens,
                                         prepend_bos=config.prepend_bos, example_ids=["stream"])
-        parts.append(run_streaming(model, stream.tokens[0], start_size=block.start_size,
-                                   recent_size=block.recent_size, token_texts=stream.token_texts[0]))
+        parts.append(run_streaming(model, stream.tokens[0], start_size=streaming.start_size,
+                                   recent_size=streaming.recent_size, token_texts=stream.token_texts[0]))
     return pd.concat(parts, ignore_index=True)

@@ -21,7 +21,7 @@ from mechbench.analyses.speech.metrics import (
 )
 from mechbench.analyses.speech.rows import ANALYSIS, COLUMNS, _map_rows, correlation_rows, wer_rows
 from mechbench.core.audio import SAMPLE_RATE, read_wav, synthesize
-from mechbench.core.hooked import HookedModel
+from mechbench.core.model import ModelInterface
 from mechbench.core.speech import SpeechModel
 from mechbench.core.tidy import finish_rows
 from mechbench.errors import CapabilityError, DatasetError
@@ -76,7 +76,7 @@ def analyze_utterance(model: SpeechModel, utterance: Utterance, audio: np.ndarra
     return frame
 
 
-def run_speech(model: HookedModel, utterances: Sequence[Utterance], config: SpeechConfig | None = None,
+def run_speech(model: ModelInterface, utterances: Sequence[Utterance], config: SpeechConfig | None = None,
                progress: bool = True) -> pd.DataFrame:
     """Transcribe each utterance, compare cross-attention with saliency per aggregation level, as tidy rows
     (see ``docs/metrics/attribution.md``)."""
@@ -101,6 +101,6 @@ def run_speech(model: HookedModel, utterances: Sequence[Utterance], config: Spee
     return finish_rows(frame, ANALYSIS, model.name, COLUMNS)
 
 
-def run_speech_from_config(model: HookedModel, config: SpeechConfig, progress: bool = True) -> pd.DataFrame:
+def run_speech_from_config(model: ModelInterface, config: SpeechConfig, progress: bool = True) -> pd.DataFrame:
     """Runner used by the CLI: load the utterances, then :func:`run_speech`."""
     return run_speech(model, load_utterances(config.utterances, config.limit), config, progress)

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from mechbench.analyses.tappa.metrics import (
     BandAccumulator,
+    Mode,
     PatternAccumulator,
     PatternCriteria,
     block_influence,
@@ -31,7 +32,7 @@ class TappaReducer:
     n_layers: int
     n_heads: int
     kv_window: int
-    mode: str
+    mode: Mode
     rbf_sigma: float
     criteria: PatternCriteria
     n_bands: int | None
@@ -70,7 +71,10 @@ class TappaReducer:
                 if index in bands:
                     bands[index].add(block, first, attended)
         for row, index, length in examples:
-            scores = patterns[index].scores(lambda keys, row=row, length=length: view.columns(keys)[row, :, :length])
+            def columns(keys: Tensor, row: int = row, length: int = length) -> Tensor:
+                return view.columns(keys)[row, :, :length]
+
+            scores = patterns[index].scores(columns)
             for name, values in scores.items():
                 self.scores[name][index, layer] = values
             if index in bands:
@@ -85,7 +89,7 @@ class PruneReducer:
     n_windows: int
     n_layers: int
     n_heads: int
-    mode: str
+    mode: Mode
     rbf_sigma: float
     _resid: dict[int, Tensor] = field(default_factory=dict)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import torch
 from torch import Tensor
@@ -47,7 +49,8 @@ def qsim_rows(kv_head: Tensor, prune_head: Tensor, prune_layer: Tensor, bi: Tens
               n_windows: int) -> list[pd.DataFrame]:
     """``q_similarity`` (kv variant) and ``q_similarity_prune`` per (layer, head) and per layer (mean over
     heads), then ``block_influence`` per layer. ``*_head``: ``[layer, head]``; ``prune_layer``, ``bi``: ``[layer]``."""
-    prune = dict(variant="prune", window=config.prune_window, stride=config.prune_stride, n_windows=n_windows)
+    prune: dict[str, Any] = dict(variant="prune", window=config.prune_window, stride=config.prune_stride,
+                                 n_windows=n_windows)
     return [to_tidy(kv_head, ("layer", "head"), metric=Q_SIMILARITY, variant="kv", window=config.kv_window),
             to_tidy(kv_head.mean(-1), ("layer",), metric=Q_SIMILARITY, variant="kv", window=config.kv_window),
             to_tidy(prune_head, ("layer", "head"), metric=Q_SIMILARITY_PRUNE, **prune),

@@ -202,7 +202,7 @@ def prune_rows(model: HookedModel, heldout: TokenDataset, bi: Tensor, q_sim: Ten
     if not ks:
         raise ConfigError(f"tappa.prune_ks {config.prune_ks} must remove fewer than the model's "
                           f"{model.n_layers} layers")
-    rows = []
+    rows: list[dict[str, object]] = []
     for method, beta in (("bi", 0.0), ("tappa", config.beta)):
         score, order = tappa_prune_scores(bi, q_sim, beta)
         rows.extend({"metric": PRUNE_SCORE, "method": method, "layer": layer, "value": float(score[layer]),
