@@ -177,7 +177,7 @@ def show(
     run: Annotated[str | None, typer.Option(help="run id (default: the latest run in the store)")] = None,
 ) -> None:
     """Print the top heads of the latest (or a given) run."""
-    from mechbench.runner import top_heads_lines
+    from mechbench.query import top_heads_lines
 
     for line in top_heads_lines(store, analysis=analysis, metric=metric, position=position, top=top, run_id=run):
         typer.echo(line)
@@ -191,8 +191,8 @@ def report(
     out: Annotated[Path | None, typer.Option(help="output HTML file (default: <store>/reports/<run>.html)")] = None,
 ) -> None:
     """Write a self-contained HTML report (plotly, offline) of a run."""
+    from mechbench.query import check_reportable, latest_run
     from mechbench.report import write_report
-    from mechbench.runner import check_reportable, latest_run
     from mechbench.store.result_store import ResultStore
 
     result_store = ResultStore(store)

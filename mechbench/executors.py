@@ -24,8 +24,8 @@ from mechbench.core.model import ModelInterface
 from mechbench.errors import ConfigError, one_line
 from mechbench.models.cache import cache_dir
 from mechbench.process import process_fingerprint
-from mechbench.store.result_store import atomic_write_bytes
-from mechbench.store.sweep_store import SweepStore, utc_now
+from mechbench.store.result_store import atomic_write_bytes, utc_now
+from mechbench.store.sweep_store import SweepStore
 from mechbench.sweep import Shard, shard_resources, shard_slice
 from mechbench.tasks.texts import load_texts
 

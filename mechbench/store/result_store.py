@@ -72,7 +72,8 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{stamp}-{os.urandom(3).hex()}"
 
 
-def _utcnow() -> str:
+def utc_now() -> str:
+    """The time stamp of every manifest entry: UTC, to the second, ISO 8601."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -356,9 +357,9 @@ class ResultStore:
         with self._locked():
             if self._manifest_path(run_id).exists():
                 manifest = self._read_manifest(run_id)
-                manifest["resumed_at"] = [*manifest.get("resumed_at", []), _utcnow()]
+                manifest["resumed_at"] = [*manifest.get("resumed_at", []), utc_now()]
             else:
-                manifest = {"format_version": STORE_FORMAT_VERSION, "run_id": run_id, "started_at": _utcnow(),
+                manifest = {"format_version": STORE_FORMAT_VERSION, "run_id": run_id, "started_at": utc_now(),
                             "shards": {}, "resumed_at": []}
             manifest.update(provenance)
             manifest.update(status="running", ended_at=None, process=process_fingerprint())
@@ -369,7 +370,7 @@ class ResultStore:
         """Note in the manifest that a shard of an analysis was written in full."""
         with self._locked():
             manifest = self._read_manifest(run_id)
-            manifest["shards"].setdefault(analysis, {})[shard] = {"rows": n_rows, "written_at": _utcnow()}
+            manifest["shards"].setdefault(analysis, {})[shard] = {"rows": n_rows, "written_at": utc_now()}
             self._write_manifest(manifest)
 
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
@@ -378,7 +379,7 @@ class ResultStore:
             raise StoreError(f"unknown run status {status!r}; one of {RUN_STATUSES}")
         with self._locked():
             manifest = self._read_manifest(run_id)
-            manifest.update(status=status, ended_at=_utcnow(), error=error)
+            manifest.update(status=status, ended_at=utc_now(), error=error)
             self._write_manifest(manifest)
 
 

@@ -28,17 +28,19 @@ from fsspec.implementations.local import LocalFileSystem
 
 from mechbench.errors import StoreError, one_line
 from mechbench.process import process_is_running
-from mechbench.store.result_store import _manifest_problem, _parquet_bytes, atomic_write_bytes, check_name
+from mechbench.store.result_store import (
+    _manifest_problem,
+    _parquet_bytes,
+    atomic_write_bytes,
+    check_name,
+    utc_now,
+)
 from mechbench.store.schema import CORE_COLUMNS, STORE_FORMAT_VERSION, conform
 
 
 def is_store_url(store: str) -> bool:
     """Whether ``store`` is a URL (``file://``, ``s3://``, ...) rather than a plain directory path."""
     return "://" in store
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class SweepStore:
