@@ -121,7 +121,7 @@ def test_malformed_config_is_one_line(tmp_path):
 
 def test_unknown_analysis_on_the_command_line(tmp_path):
     assert_one_line_error(invoke("analyze", "circuit", "--config", config_file(tmp_path, "toy-planted")),
-                          r"unknown analysis 'circuit'; available: attribution, circuits, patterns, "
+                          r"unknown analysis 'circuit'; available: attribution, circuits, head_roles, patterns, "
                           r"retrieval, sinks, speech, tappa, waad_fai")
 
 

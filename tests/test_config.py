@@ -39,7 +39,8 @@ def write(tmp_path, text: str) -> Path:
     ("analyses:\n  sinks:\n    max_tokens: 0\n", r"analyses\.sinks\.max_tokens: Input should be greater than 0"),
     ("analyses:\n  sinks:\n    window: 3\n", r"analyses\.sinks\.window: Extra inputs are not permitted"),
     ("analyses:\n  sink:\n",
-     r"unknown analysis 'sink'; available: attribution, circuits, patterns, retrieval, sinks, speech, tappa, waad_fai"),
+     r"unknown analysis 'sink'; available: attribution, circuits, head_roles, patterns, retrieval, sinks, speech, "
+     r"tappa, waad_fai"),
     ("- a\n- b\n", r"top level must be a mapping"),
     ("!!python/object/apply:os.system ['echo pwned']\n",
      r"uses the YAML tag !!python/object/apply:os.system .*remove the tag"),

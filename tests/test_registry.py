@@ -98,7 +98,8 @@ def test_importing_an_analysis_loads_no_plotting_and_no_other_analysis():
         others = {m.split(".")[2] for m in sys.modules if m.startswith("mechbench.analyses.")} - {name}
         assert not others, (name, others)
     """)
-    for name in ("sinks", "retrieval", "tappa", "waad_fai", "circuits", "attribution", "patterns", "speech"):
+    for name in ("sinks", "retrieval", "tappa", "waad_fai", "circuits", "attribution", "patterns", "speech",
+                 "head_roles"):
         done = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
 
