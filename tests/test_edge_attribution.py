@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from mechbench.analyses import circuits as C
+from mechbench.errors import CapabilityError
 from mechbench.tasks.circuit_tasks import PairTokens
 
 N_LAYERS, N_HEADS, D_MODEL, N_EXAMPLES, LENGTH = 2, 4, 32, 6, 10
@@ -134,6 +135,20 @@ def exact_edge_patching(hf, pairs: PairTokens, up: list[str], down: list[str], m
     return scores
 
 
+def test_the_librarys_exact_edge_patching_equals_the_reference(gpt2, pairs):
+    """mechbench's hook-level exact edge patching (one reader's input shifted, the residual untouched) against
+    the reference's, on every edge kind."""
+    model, hf = gpt2
+    up, down = C.upstream_labels(model), C.downstream_labels(model)
+    mask = C.edge_mask(model)
+    ours = C.exact_edge_patching(model, pairs, batch_size=4)
+    expected = exact_edge_patching(hf, pairs, up, down, mask)
+    torch.testing.assert_close(ours[mask], expected[mask], atol=1e-5, rtol=1e-4)
+    assert bool(ours[~mask].isnan().all()) and float(expected[mask].abs().max()) > 0.05
+    with pytest.raises(CapabilityError, match=r"exact edge patching would take 110 forward passes per batch"):
+        C.exact_edge_patching(model, pairs, max_edges=100)
+
+
 def test_reference_forward_is_the_model(gpt2, pairs):
     _, hf = gpt2
     with torch.no_grad():
@@ -179,3 +194,14 @@ def test_edge_scores_track_exact_edge_patching(gpt2, pairs, method, pearson, sha
     assert len(top[0] & top[1]) >= shared_top20
     into_mlps = mask & torch.tensor([d.startswith("MLP") for d in down])[None, :]
     assert float(torch.corrcoef(torch.stack([exact[into_mlps], ours[into_mlps]]))[0, 1]) > 0.95
+
+
+def test_exact_edge_patching_refuses_a_kv_head_shared_under_gqa(tiny_llama):
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.randint(4, tiny_llama.vocab_size, (2, 6), generator=generator)
+    corrupt = clean.clone()
+    corrupt[:, 2] = (corrupt[:, 2] + 1 - 4) % (tiny_llama.vocab_size - 4) + 4
+    pairs = PairTokens("gqa", ["0", "1"], clean, corrupt, torch.tensor([5, 6]), torch.tensor([7, 8]),
+                       torch.full((2,), 5))
+    with pytest.raises(CapabilityError, match=r"L0H0\.k reads a KV head shared by 2 query heads \(GQA\)"):
+        C.exact_edge_patching(tiny_llama, pairs)

@@ -11,7 +11,8 @@ each example's own end position, so pads (after the end) never matter in a causa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -292,6 +293,53 @@ def _head_input_gradient(model: HookedModel, layer: int, channel: str, grad: Ten
     return grad.detach()
 
 
+@contextlib.contextmanager
+def split_reader_inputs(model: HookedModel, mlp_input: bool = True) -> Iterator[None]:
+    """Inside: every head's q/k/v input (``hook_{q,k,v}_input``, one copy of the residual per head) and,
+    with ``mlp_input``, each MLP's input (``hook_mlp_in``) are hook points of their own."""
+    if not supports_split_inputs(model):
+        raise CapabilityError(f"{model.name}: the bridge cannot give each head its own input (split q/k/v "
+                              "inputs); reader-level patching needs a Hugging Face model")
+    model.bridge.set_use_split_qkv_input(True)
+    if mlp_input:
+        model.bridge.set_use_hook_mlp_in(True)
+    try:
+        yield
+    finally:
+        model.bridge.set_use_split_qkv_input(False)
+        if mlp_input:
+            model.bridge.set_use_hook_mlp_in(False)
+
+
+def reader_shift_hook(model: HookedModel, reader: str, shift: Tensor) -> Hook:
+    """A hook (inside :func:`split_reader_inputs`) that adds ``shift`` ``[batch, pos, d_model]`` to one
+    reader's own input: ``L{l}H{h}.{q,k,v}`` (that head's copy), ``MLP{l}`` or ``logits`` (the final
+    residual); everything else keeps the clean residual. The hook returns a new tensor, so the residual
+    stream the bridge carries on is not changed."""
+    if reader == "logits":
+        name, head = _final_reader(model), None
+    elif reader.startswith("MLP"):
+        name, head = f"blocks.{int(reader[3:])}.hook_mlp_in", None
+    else:
+        layer_head, channel = reader.split(".")
+        layer, index = (int(part) for part in layer_head[1:].split("H"))
+        name, head = f"blocks.{layer}.hook_{channel}_input", index
+
+    def hook(activation: Tensor, hook: Any) -> Tensor:
+        added = shift.to(activation.device, activation.dtype)[:, : activation.shape[1]]
+        if head is None:
+            return activation + added
+        if activation.shape[2] != model.n_heads:
+            group = model.n_heads // activation.shape[2]
+            raise CapabilityError(f"{model.name}: {reader} reads a KV head shared by {group} query heads (GQA); "
+                                  "patching one query head's k/v input is undefined")
+        patched = activation.clone()
+        patched[:, :, head] = patched[:, :, head] + added
+        return patched
+
+    return name, hook
+
+
 def reader_gradients(model: HookedModel, tokens: Tensor, metric: Metric, hooks: Sequence[Hook] = (),
                      mlps: bool = True) -> Tensor:
     """Gradient of ``metric(logits).sum()`` w.r.t. each *reader's own input* ``[batch, pos, reader, d_model]``.
@@ -320,31 +368,21 @@ def reader_gradients(model: HookedModel, tokens: Tensor, metric: Metric, hooks: 
     final = _final_reader(model)
     names.append(final)
     saved: dict[str, Tensor] = {}
-    try:
-        if split:
-            model.bridge.set_use_split_qkv_input(True)
-            if with_mlps:
-                model.bridge.set_use_hook_mlp_in(True)
-        with torch.enable_grad():
-            logits = forward(model, tokens, [*hooks, _graph_start(model), *_keepers(saved, names, own_copy=True)],
-                             grad=True)
-            targets = [saved[e[c]] for e in per_layer for c in ("q", "k", "v")]
-            targets += [saved[e["mlp"]] for e in per_layer if "mlp" in e] + [saved[final]]
-            grads = list(torch.autograd.grad(metric(logits).sum(), targets, retain_graph=not split,
-                                             allow_unused=True))
-            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads, strict=True)]
-            qkv, rest = grads[:3 * model.n_layers], grads[3 * model.n_layers:]
-            parts = []
-            for layer, entry in enumerate(per_layer):
-                channels = [_head_input_gradient(model, layer, channel, qkv[3 * layer + c_index].detach(), entry,
-                                                 saved, split) for c_index, channel in enumerate(("q", "k", "v"))]
-                parts.append(torch.stack(channels, dim=3).flatten(2, 3))
-                if "mlp" in entry:
-                    parts.append(rest.pop(0).detach()[:, :, None])
-            parts.append(rest.pop(0).detach()[:, :, None])
-    finally:
-        if split:
-            model.bridge.set_use_split_qkv_input(False)
-            if with_mlps:
-                model.bridge.set_use_hook_mlp_in(False)
+    with split_reader_inputs(model, with_mlps) if split else contextlib.nullcontext(), torch.enable_grad():
+        logits = forward(model, tokens, [*hooks, _graph_start(model), *_keepers(saved, names, own_copy=True)],
+                         grad=True)
+        targets = [saved[e[c]] for e in per_layer for c in ("q", "k", "v")]
+        targets += [saved[e["mlp"]] for e in per_layer if "mlp" in e] + [saved[final]]
+        grads = list(torch.autograd.grad(metric(logits).sum(), targets, retain_graph=not split,
+                                         allow_unused=True))
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads, strict=True)]
+        qkv, rest = grads[:3 * model.n_layers], grads[3 * model.n_layers:]
+        parts = []
+        for layer, entry in enumerate(per_layer):
+            channels = [_head_input_gradient(model, layer, channel, qkv[3 * layer + c_index].detach(), entry,
+                                             saved, split) for c_index, channel in enumerate(("q", "k", "v"))]
+            parts.append(torch.stack(channels, dim=3).flatten(2, 3))
+            if "mlp" in entry:
+                parts.append(rest.pop(0).detach()[:, :, None])
+        parts.append(rest.pop(0).detach()[:, :, None])
     return torch.cat(parts, dim=2)

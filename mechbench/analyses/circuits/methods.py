@@ -25,6 +25,7 @@ from mechbench.analyses.circuits.metrics import (
 from mechbench.core import patching
 from mechbench.core.hooked import HookedModel
 from mechbench.core.patching import Node
+from mechbench.errors import CapabilityError
 from mechbench.tasks.circuit_tasks import PairTokens
 
 
@@ -355,6 +356,14 @@ def _writer_outputs(acts: Mapping[str, Tensor], model: HookedModel, mlps: bool) 
     return torch.cat(parts, dim=2)
 
 
+def _writer_names(model: HookedModel, mlps: bool) -> list[str]:
+    """The hook points whose activations make the writers' outputs (:func:`_writer_outputs`)."""
+    names = [model.hook_name("resid_pre", 0)] + [model.hook_name("z", layer) for layer in range(model.n_layers)]
+    if mlps and patching.has_mlps(model):
+        names += [model.hook_name("mlp_out", layer) for layer in range(model.n_layers)]
+    return names
+
+
 def edge_attribution(model: HookedModel, pairs: PairTokens, method: Literal["eap", "eap_ig"] = "eap",
                      steps: int = 5, mlps: bool = True, batch_size: int = 16) -> Tensor:
     """Edge scores ``[upstream, downstream]`` (NaN where no edge), mean over examples.
@@ -366,10 +375,7 @@ def edge_attribution(model: HookedModel, pairs: PairTokens, method: Literal["eap
     k/v input belongs to a KV head; its gradient is shared equally by the heads of the group
     [INFERRED]. Normalise by ``LD_clean - LD_corrupt`` to compare with node scores.
     """
-    writer_names = [model.hook_name("resid_pre", 0)] + [model.hook_name("z", layer)
-                                                         for layer in range(model.n_layers)]
-    if mlps and patching.has_mlps(model):
-        writer_names += [model.hook_name("mlp_out", layer) for layer in range(model.n_layers)]
+    writer_names = _writer_names(model, mlps)
     embed = model.hook_name("resid_pre", 0)
     total = torch.zeros(len(upstream_labels(model, mlps)), len(downstream_labels(model, mlps)), dtype=torch.float64)
     for part in chunks(pairs, batch_size):
@@ -394,3 +400,33 @@ def edge_attribution(model: HookedModel, pairs: PairTokens, method: Literal["eap
     scores = total / len(pairs)
     return torch.where(edge_mask(model, mlps), scores, torch.full_like(scores, float("nan")))
 
+
+
+def exact_edge_patching(model: HookedModel, pairs: PairTokens, mlps: bool = True, batch_size: int = 16,
+                        max_edges: int = 5000) -> Tensor:
+    """Exact edge patching ``[upstream, downstream]`` (NaN where no edge), mean over examples: the change in
+    LD on the clean prompt when reader ``v`` alone sees writer ``u``'s corrupt output instead of its clean
+    one, ``LD(clean; in_v + out_u^corrupt - out_u^clean) - LD(clean)`` (``get_scores_exact`` of
+    ``hannamw/EAP-IG``): the ground truth EAP and EAP-IG approximate to first order. One forward per edge
+    and batch, so only for small models: more than ``max_edges`` edges is a CapabilityError; needs a bridge
+    with per-head inputs (Hugging Face models) and, for k/v readers, no GQA."""
+    up, down = upstream_labels(model, mlps), downstream_labels(model, mlps)
+    mask = edge_mask(model, mlps)
+    n_edges = int(mask.sum())
+    if n_edges > max_edges:
+        raise CapabilityError(f"{model.name}: exact edge patching would take {n_edges} forward passes per batch "
+                              f"(max_edges {max_edges}); use eap / eap_ig, or raise max_edges on a small model")
+    writer_names = _writer_names(model, mlps)
+    total = torch.zeros(len(up), len(down), dtype=torch.float64)
+    for part in chunks(pairs, batch_size):
+        _, clean_acts = patching.cache(model, part.clean, writer_names)
+        _, corrupt_acts = patching.cache(model, part.corrupt, writer_names)
+        delta = _writer_outputs(corrupt_acts, model, mlps) - _writer_outputs(clean_acts, model, mlps)
+        metric = pair_metric(part)
+        with patching.split_reader_inputs(model, mlps and patching.has_mlps(model)):
+            base = metric(patching.forward(model, part.clean)).double()
+            for i, j in mask.nonzero().tolist():
+                hook = patching.reader_shift_hook(model, down[j], delta[:, :, i])
+                total[i, j] += float((metric(patching.forward(model, part.clean, [hook])).double() - base).sum())
+    scores = total / len(pairs)
+    return torch.where(mask, scores, torch.full_like(scores, float("nan")))
