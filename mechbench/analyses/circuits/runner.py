@@ -11,7 +11,6 @@ from torch import Tensor
 
 from mechbench.analyses.circuits.config import CircuitsConfig, check_config
 from mechbench.analyses.circuits.methods import (
-    ablated_logit_diff,
     ablated_logit_diffs,
     activation_patching,
     attribution_patching,
@@ -152,20 +151,24 @@ def task_circuit(model: HookedModel, pairs: PairTokens, config: CircuitsConfig, 
         node_table = {n.label: float(s) for n, s in zip(nodes, node_scores[config.circuit_method], strict=True)}
         circuit = set(select_top(node_table, config.rule, config.rule_value))
     full = float(clean.mean())
-    empty = ablated_logit_diff(model, pairs, [], nodes, config.ablation, config.batch_size)
+    curve, sizes = _ranked_circuits(config, node_scores, edge_tables, nodes) if config.wants_curve else ([], [])
+    # one call, so the ablation values (corrupt means or caches) are computed once: everything ablated,
+    # the rule's circuit (unless a target chooses it from the curve), then each size of the curve
+    kept = [[], *([] if config.faithfulness_target is not None else [circuit]), *curve]
+    lds = ablated_logit_diffs(model, pairs, [[n for n in nodes if n.label in c] for c in kept], nodes,
+                              config.ablation, config.batch_size)
+    empty, curve_lds = lds[0], lds[len(kept) - len(curve):]
+    if curve:
+        frames.append(curve_rows(sizes, [sum(n.label in c for n in nodes) for c in curve], curve_lds, full, empty,
+                                 config.circuit_method, config.ablation))
     reached = None
-    if config.wants_curve:
-        circuits, sizes = _ranked_circuits(config, node_scores, edge_tables, nodes)
-        members_at = [[n for n in nodes if n.label in c] for c in circuits]
-        lds = ablated_logit_diffs(model, pairs, members_at, nodes, config.ablation, config.batch_size)
-        frames.append(curve_rows(sizes, [len(m) for m in members_at], lds, full, empty, config.circuit_method,
-                                 config.ablation))
-        if config.faithfulness_target is not None:
-            normalised = [faithfulness(ld, full, empty)[FAITHFULNESS_NORMALISED] for ld in lds]
-            chosen, reached = smallest_faithful(sizes, normalised, config.faithfulness_target)
-            circuit = circuits[sizes.index(chosen)]
+    if config.faithfulness_target is not None:
+        normalised = [faithfulness(ld, full, empty)[FAITHFULNESS_NORMALISED] for ld in curve_lds]
+        chosen, reached = smallest_faithful(sizes, normalised, config.faithfulness_target)
+        circuit, with_circuit = curve[sizes.index(chosen)], curve_lds[sizes.index(chosen)]
+    else:
+        with_circuit = lds[1]
     members = [n for n in nodes if n.label in circuit]
-    with_circuit = ablated_logit_diff(model, pairs, members, nodes, config.ablation, config.batch_size)
     scores = faithfulness(with_circuit, full, empty)
     frames.append(faithfulness_rows(scores, with_circuit, empty, len(members), config.circuit_method,
                                     config.ablation, config.faithfulness_target, reached))
