@@ -364,6 +364,17 @@ def _writer_names(model: HookedModel, mlps: bool) -> list[str]:
     return names
 
 
+def _writer_deltas(model: HookedModel, part: PairTokens, writer_names: Sequence[str], mlps: bool
+                   ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor]:
+    """``(clean activations, corrupt activations, delta)`` of one batch: ``delta`` ``[batch, pos, upstream,
+    d_model]`` is each writer's corrupt minus clean output, zero past each example's end position."""
+    _, clean_acts = patching.cache(model, part.clean, writer_names)
+    _, corrupt_acts = patching.cache(model, part.corrupt, writer_names)
+    delta = _writer_outputs(corrupt_acts, model, mlps) - _writer_outputs(clean_acts, model, mlps)
+    valid = (torch.arange(part.clean.shape[1])[None, :] <= part.end[:, None]).to(delta.dtype)
+    return clean_acts, corrupt_acts, delta * valid[:, :, None, None]
+
+
 def edge_attribution(model: HookedModel, pairs: PairTokens, method: Literal["eap", "eap_ig"] = "eap",
                      steps: int = 5, mlps: bool = True, batch_size: int = 16) -> Tensor:
     """Edge scores ``[upstream, downstream]`` (NaN where no edge), mean over examples.
@@ -379,11 +390,7 @@ def edge_attribution(model: HookedModel, pairs: PairTokens, method: Literal["eap
     embed = model.hook_name("resid_pre", 0)
     total = torch.zeros(len(upstream_labels(model, mlps)), len(downstream_labels(model, mlps)), dtype=torch.float64)
     for part in chunks(pairs, batch_size):
-        _, clean_acts = patching.cache(model, part.clean, writer_names)
-        _, corrupt_acts = patching.cache(model, part.corrupt, writer_names)
-        delta = _writer_outputs(corrupt_acts, model, mlps) - _writer_outputs(clean_acts, model, mlps)
-        valid = (torch.arange(part.clean.shape[1])[None, :] <= part.end[:, None]).to(delta.dtype)
-        delta = delta * valid[:, :, None, None]
+        clean_acts, corrupt_acts, delta = _writer_deltas(model, part, writer_names, mlps)
         metric = pair_metric(part)
         alphas = [1.0] if method == "eap" else [k / steps for k in range(steps)]
         grad_sum = None
@@ -419,9 +426,7 @@ def exact_edge_patching(model: HookedModel, pairs: PairTokens, mlps: bool = True
     writer_names = _writer_names(model, mlps)
     total = torch.zeros(len(up), len(down), dtype=torch.float64)
     for part in chunks(pairs, batch_size):
-        _, clean_acts = patching.cache(model, part.clean, writer_names)
-        _, corrupt_acts = patching.cache(model, part.corrupt, writer_names)
-        delta = _writer_outputs(corrupt_acts, model, mlps) - _writer_outputs(clean_acts, model, mlps)
+        _, _, delta = _writer_deltas(model, part, writer_names, mlps)
         metric = pair_metric(part)
         with patching.split_reader_inputs(model, mlps and patching.has_mlps(model)):
             base = metric(patching.forward(model, part.clean)).double()
